@@ -1,0 +1,242 @@
+"""DUSt3R-style global alignment that scales: pairwise pointmaps -> poses, focals and world pointmaps.
+
+Pipeline per connected component: sample pixels -> spanning-tree init (chained Umeyama) -> Adam on the samples
+(per image pose, focal, log-depth; per edge pose and scale) -> express in the output frame -> dense closed-form
+fusion. Output frames: ``dataset`` (known poses fixed, or a final Sim(3) fit to their centres), else
+``first_camera`` (camera 0 at the origin; scale normalised so the median distance of the points to it is 1, or
+the teacher's metres when ``metric``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+import torch
+
+from lit3d.align.config import AlignConfig
+from lit3d.align.dense import Solution, fuse_dense
+from lit3d.align.init import State, connected_components, fit_edges, init_state, world_points
+from lit3d.align.inputs import EdgeInputs, Samples, check_inputs, conf_weight, gather_samples, sample_pixels
+from lit3d.align.optimize import OptimConfig, optimise, robust_weight
+from lit3d.align.result import AlignResult
+from lit3d.geometry import is_valid_pose, umeyama_sim3
+
+log = logging.getLogger(__name__)
+KNOWN_POSE_MODES = ("fixed", "anchor", "ignore")
+
+
+def global_alignment(edges, pts_i, pts_j_in_i, conf_i, conf_j, known_poses=None, known_intrinsics=None, *,
+                     valid_i=None, valid_j=None, n_images: int | None = None, metric: bool = False,
+                     **options) -> AlignResult:
+    """Align E pairwise predictions (DUSt3R contract) into one world frame.
+
+    ``edges`` (E, 2) image indices (i, j); ``pts_i``/``pts_j_in_i`` (E, H, W, 3) both in camera-i frame, any unit;
+    ``conf_i``/``conf_j`` (E, H, W) (weights log(conf)); numpy arrays, memory maps or tensors. ``known_poses``
+    (N, 4, 4) camera-to-world, rows with NaN unknown; ``known_intrinsics`` (N, 3, 3), (N,) focals or one focal
+    (principal point then (W/2, H/2)). ``metric``: predictions are in metres. ``options``: any
+    :class:`AlignConfig` field (``iterations``, ``lr``, ``n_pixels``, ``robust``, ``known_poses`` mode, ...).
+    Returns poses (N, 4, 4), ``focals_N``, world pointmaps (N, H, W, 3), confidences (N, H, W) and per-edge
+    residuals as an :class:`AlignResult`.
+    """
+    names = {f.name for f in dataclasses.fields(AlignConfig)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"global_alignment: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+    cfg = AlignConfig(**{**options, "method": "global"})
+    inp = check_inputs(edges, pts_i, pts_j_in_i, conf_i, conf_j, valid_i, valid_j, n_images)
+    return align_global(cfg, inp, known_poses, known_intrinsics, metric)
+
+
+def _known_arrays(inp: EdgeInputs, known_poses, known_intrinsics, mode: str):
+    N, (H, W) = inp.n_images, inp.hw
+    poses = None
+    if known_poses is not None and mode != "ignore":
+        poses = np.asarray(known_poses.cpu() if isinstance(known_poses, torch.Tensor) else known_poses, np.float64)
+        if poses.shape != (N, 4, 4):
+            raise ValueError(f"global_alignment: known_poses has shape {poses.shape}, expected ({N}, 4, 4)")
+        bad = [k for k in range(N) if np.isfinite(poses[k]).all() and not is_valid_pose(poses[k])]
+        if bad:
+            raise ValueError(f"global_alignment: known pose of image {bad[0]} is not a rigid camera-to-world matrix")
+        if not np.isfinite(poses).all(axis=(1, 2)).any():
+            poses = None
+    K = None
+    if known_intrinsics is not None:
+        k = np.asarray(known_intrinsics.cpu() if isinstance(known_intrinsics, torch.Tensor) else known_intrinsics,
+                       np.float64)
+        if k.shape == (N, 3, 3):
+            K = k
+        elif k.shape in ((N,), (), (1,)):
+            K = np.tile(np.eye(3), (N, 1, 1))
+            K[:, 0, 0] = K[:, 1, 1] = np.broadcast_to(k.reshape(-1), (N,))
+            K[:, 0, 2], K[:, 1, 2] = W / 2, H / 2
+        else:
+            raise ValueError(f"global_alignment: known_intrinsics has shape {k.shape}, expected ({N}, 3, 3) or ({N},)")
+        if not (np.isfinite(K).all() and (K[:, 0, 0] > 0).all() and (K[:, 1, 1] > 0).all()):
+            raise ValueError("global_alignment: known_intrinsics must be finite with positive focals")
+    return poses, K
+
+
+def align_global(cfg: AlignConfig, inp: EdgeInputs, known_poses=None, known_intrinsics=None,
+                 metric: bool = False) -> AlignResult:
+    """Checked inputs -> :class:`AlignResult`; disconnected graphs per ``cfg.on_disconnected``."""
+    if cfg.known_poses not in KNOWN_POSE_MODES:
+        raise ValueError(f"align.known_poses: unknown mode {cfg.known_poses!r}; valid: {', '.join(KNOWN_POSE_MODES)}")
+    poses, K = _known_arrays(inp, known_poses, known_intrinsics, cfg.known_poses)
+    labels = connected_components(inp.n_images, inp.edges_E2)
+    in_edges = np.zeros(inp.n_images, bool)
+    in_edges[inp.edges_E2.ravel()] = True
+    comps = np.unique(labels[in_edges])
+    if len(comps) == 1 and in_edges.all():
+        return _align_connected(cfg, inp, poses, K, metric)
+    members = [np.flatnonzero(labels == c) for c in comps]  # images in no edge have nothing to align
+    if len(comps) > 1 and cfg.on_disconnected != "components":
+        shown = "; ".join(_ranges(m) for m in members[:8]) + ("; ..." if len(comps) > 8 else "")
+        raise ValueError(f"global_alignment: the edge graph is not connected: {len(comps)} components of images "
+                         f"[{shown}]; add edges between them or set on_disconnected='components'")
+    if len(comps) > 1:
+        log.warning("global alignment: %d connected components aligned separately", len(comps))
+    if not in_edges.all():
+        log.info("global alignment: %d of %d images are in no edge and stay invalid", (~in_edges).sum(), inp.n_images)
+    return _merge_components(cfg, inp, poses, K, metric, labels, members)
+
+
+def _ranges(ids: np.ndarray) -> str:
+    """Compact text of sorted indices, e.g. ``0-3,7``."""
+    breaks = np.flatnonzero(np.diff(ids) != 1)
+    starts, ends = np.r_[ids[0], ids[breaks + 1]], np.r_[ids[breaks], ids[-1]]
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in zip(starts, ends))
+
+
+def _merge_components(cfg, inp, poses, K, metric, labels, members) -> AlignResult:
+    N, (H, W) = inp.n_images, inp.hw
+    pts = np.zeros((N, H, W, 3), np.float32)
+    conf, valid = np.ones((N, H, W), np.float32), np.zeros((N, H, W), bool)
+    cam2world, focals, K_out = np.full((N, 4, 4), np.nan), np.full(N, np.nan), np.full((N, 3, 3), np.nan)
+    edge_res, edge_scale = np.zeros(inp.n_edges), np.zeros(inp.n_edges)
+    if poses is not None:  # images in no edge keep their known pose
+        cam2world[np.isfinite(poses).all(axis=(1, 2))] = poses[np.isfinite(poses).all(axis=(1, 2))]
+    if K is not None:
+        K_out, focals = K.copy(), 0.5 * (K[:, 0, 0] + K[:, 1, 1])
+    component = np.full(N, -1)
+    frames, units, stats = set(), set(), {}
+    for c, ids in enumerate(members):
+        emask = labels[inp.edges_E2[:, 0]] == labels[ids[0]]
+        sub = _align_connected(cfg, inp.subset(emask, ids), None if poses is None else poses[ids],
+                               None if K is None else K[ids], metric)
+        pts[ids], conf[ids], valid[ids] = sub.pts_world_NHW3, sub.conf_NHW, sub.valid_NHW
+        cam2world[ids], focals[ids], K_out[ids] = sub.cam2world_N44, sub.focals_N, sub.K_N33
+        edge_res[emask], edge_scale[emask] = sub.edge_residual_E, sub.edge_scale_E
+        component[ids] = c
+        frames.add(sub.frame)
+        units.add(sub.unit)
+        stats[f"component_{c}"] = sub.stats
+    return AlignResult(pts, conf, valid, cam2world, frame=frames.pop() if len(frames) == 1 else "first_camera",
+                       unit=units.pop() if len(units) == 1 else "normalised", residual=float(edge_res.mean()),
+                       edge_residual_E=edge_res, focals_N=focals, K_N33=K_out, edge_scale_E=edge_scale,
+                       component_N=component, stats=stats)
+
+
+def fit_sim3_to_poses(R_est_K33, t_est_K3, R_known_K33, t_known_K3) -> tuple[float, np.ndarray, np.ndarray]:
+    """Similarity (s, R, t) taking estimated cameras onto known ones: Umeyama on the centres when there are 3 or
+    more non-collinear ones; otherwise the rotation from the orientations and the scale from the centres."""
+    n = len(t_est_K3)
+    if n >= 3:
+        sv = np.linalg.svd(t_known_K3 - t_known_K3.mean(0), compute_uv=False)
+        if sv[1] > 1e-3 * sv[0]:
+            s, R, t = umeyama_sim3(t_est_K3, t_known_K3)
+            return float(s), R, t
+    U, _, Vt = np.linalg.svd(np.einsum("kij,klj->il", R_known_K33, R_est_K33))  # chordal mean of R_known R_est^T
+    R = U @ np.diag([1, 1, np.sign(np.linalg.det(U @ Vt))]) @ Vt
+    mu_e, mu_k = t_est_K3.mean(0), t_known_K3.mean(0)
+    de, dk = (t_est_K3 - mu_e) @ R.T, t_known_K3 - mu_k
+    s = float((de * dk).sum() / (de**2).sum()) if n >= 2 and (de**2).sum() > 0 else 1.0
+    return s, R, mu_k - s * R @ mu_e
+
+
+def _median_distance(X_NP3: np.ndarray, w_NP: np.ndarray, centre_3: np.ndarray) -> float:
+    d = np.linalg.norm(X_NP3 - centre_3, axis=-1)[w_NP > 0]
+    return float(np.median(d)) if len(d) else 1.0
+
+
+def _align_connected(cfg: AlignConfig, inp: EdgeInputs, poses, K, metric: bool) -> AlignResult:
+    t0 = time.perf_counter()
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    N, (H, W) = inp.n_images, inp.hw
+    idx_NP = sample_pixels(inp, cfg.n_pixels, cfg.sampling, cfg.chunk_edges)
+    uv_NP2 = np.stack([idx_NP % W, idx_NP // W], -1).astype(np.float64)
+    smp = gather_samples(inp, idx_NP, cfg.chunk_edges)
+    if smp.nonfinite:
+        log.warning("global alignment: masked %d non-finite predicted pixels in %d of %d edges",
+                     smp.nonfinite, smp.nonfinite_edges, inp.n_edges)
+    state = init_state(smp, inp.edges_E2, N, uv_NP2, (H, W), K, cfg.init_min_conf)
+    wa, wb = conf_weight(smp.conf_a_EP).double().numpy(), conf_weight(smp.conf_b_EP).double().numpy()
+    w_NP = np.zeros((N, idx_NP.shape[1]))
+    np.add.at(w_NP, inp.edges_E2[:, 0], wa)
+    np.add.at(w_NP, inp.edges_E2[:, 1], wb)
+    # work in a frame of scene size ~1 so that one learning rate fits every unknown
+    X = world_points(state, uv_NP2)
+    centre = (w_NP[..., None] * X).sum((0, 1)) / max(w_NP.sum(), 1e-12)
+    size = _median_distance(X, w_NP, centre)
+    state = state.apply_sim3(1 / size, np.eye(3), -centre / size)
+
+    known = np.zeros(N, bool) if poses is None else np.isfinite(poses).all(axis=(1, 2))
+    fixed = known if cfg.known_poses == "fixed" else np.zeros(N, bool)
+    to_out = None  # (s, R, t) from the optimisation frame to the output frame, when known in advance
+    if fixed.any():
+        # move the init onto the known cameras, then optimise in that frame shifted and scaled to size ~1
+        s, R, t = fit_sim3_to_poses(state.R_N33[fixed], state.t_N3[fixed], poses[fixed, :3, :3], poses[fixed, :3, 3])
+        c_k, L_k = poses[fixed, :3, 3].mean(0), s  # the state has size 1, so the dataset size is s
+        state = state.apply_sim3(s, R, t).apply_sim3(1 / L_k, np.eye(3), -c_k / L_k)
+        state.R_N33[fixed], state.t_N3[fixed] = poses[fixed, :3, :3], (poses[fixed, :3, 3] - c_k) / L_k
+        A, B = smp.pts_a_EP3.double().numpy(), smp.pts_b_EP3.double().numpy()
+        state = fit_edges(state, A, B, wa, wb, inp.edges_E2, uv_NP2)
+        to_out = (L_k, np.eye(3), c_k)
+    centres = poses[fixed, :3, 3] if fixed.any() else np.zeros((0, 3))
+    scale_fixed = len(centres) >= 2 and np.ptp(centres, axis=0).max() > 1e-9 * (1 + np.abs(centres).max())
+    ocfg = OptimConfig(cfg.iterations, cfg.lr, cfg.lr_min, cfg.schedule, cfg.robust, cfg.robust_scale,
+                       free_focal=K is None, normalise_scale=not scale_fixed)
+    t1 = time.perf_counter()
+    state, side_dist_E2, loss = optimise(state, smp, inp.edges_E2, uv_NP2, ~fixed, ocfg, device)
+    t2 = time.perf_counter()
+
+    frame, unit = "first_camera", "normalised"
+    if fixed.any():
+        frame, unit = "dataset", "m" if scale_fixed else unit
+        state = state.apply_sim3(*to_out)
+    elif known.any():  # anchor: a final Sim(3) fit of the estimated cameras to the known ones
+        s, R, t = fit_sim3_to_poses(state.R_N33[known], state.t_N3[known], poses[known, :3, :3], poses[known, :3, 3])
+        state = state.apply_sim3(s, R, t)
+        frame, unit = "dataset", "m" if known.sum() >= 2 else unit
+    else:  # the first camera becomes the origin
+        R0, c0 = state.R_N33[0], state.t_N3[0]
+        state = state.apply_sim3(1.0, R0.T, -R0.T @ c0)
+    if unit != "m":
+        anchor = np.flatnonzero(known)[0] if known.any() else 0
+        if metric:  # edge scales (acting on teacher metres) have geometric mean 1
+            scale, unit = float(np.exp(-np.log(state.s_E / smp.pred_scale).mean())), "m"
+        else:  # the median distance of the points to the anchor camera becomes 1
+            scale = 1 / _median_distance(world_points(state, uv_NP2), w_NP, state.t_N3[anchor])
+        c = state.t_N3[anchor]
+        state = state.apply_sim3(scale, np.eye(3), c - scale * c)
+
+    cam2world = np.tile(np.eye(4), (N, 1, 1))
+    cam2world[:, :3, :3], cam2world[:, :3, 3] = state.R_N33, state.t_N3
+    if fixed.any():
+        cam2world[fixed] = poses[fixed]  # exactly the given matrices, not a float32 round trip
+    side_w = robust_weight(side_dist_E2, cfg.robust, cfg.robust_scale)
+    sol = Solution(cam2world, state.K_N33, state.s_E / smp.pred_scale, state.R_E33, state.t_E3, side_w)
+    dense = fuse_dense(inp, sol, cfg.min_conf, cfg.chunk_edges, device)
+    t3 = time.perf_counter()
+    stats = {"nonfinite_pixels": smp.nonfinite, "nonfinite_edges": smp.nonfinite_edges,
+             "iterations": cfg.iterations, "n_pixels": int(idx_NP.shape[1]), **loss, "seconds_init": t1 - t0,
+             "seconds_optimise": t2 - t1, "seconds_dense": t3 - t2, "device": str(device)}
+    log.info("global alignment: %d images, %d edges, %d px/image, loss %.4g -> %.4g, residual %.4g %s, "
+             "%.1f s (init %.1f, optimise %.1f, dense %.1f)", N, inp.n_edges, idx_NP.shape[1], loss["loss_first"],
+             loss["loss_final"], dense["residual"], unit, t3 - t0, t1 - t0, t2 - t1, t3 - t2)
+    return AlignResult(dense["pts_NHW3"], dense["conf_NHW"], dense["valid_NHW"], cam2world, frame=frame, unit=unit,
+                       residual=dense["residual"], edge_residual_E=dense["edge_residual_E"],
+                       focals_N=0.5 * (state.K_N33[:, 0, 0] + state.K_N33[:, 1, 1]), K_N33=state.K_N33,
+                       edge_scale_E=sol.s_E, stats=stats)

@@ -1,0 +1,178 @@
+"""First-order refinement of global alignment (Adam + cosine decay) on the sampled pixels, batched in torch.
+
+Unknowns are increments on the initial ``State``: rotations as axis-angle (radians), translations in world units
+(the world is normalised to scene size ~1 before this runs), log-focal, log-depth per sampled pixel, and per edge
+a rotation, translation and log-scale. Fixed cameras simply have their increments masked to zero.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from lit3d.align.init import State
+from lit3d.align.inputs import Samples, conf_weight
+
+log = logging.getLogger(__name__)
+
+
+def so3_exp(omega_B3: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices (B, 3, 3) of axis-angle vectors (radians); exactly the identity at 0."""
+    theta2 = (omega_B3**2).sum(-1)[..., None, None]
+    small = theta2 < 1e-8
+    theta = torch.sqrt(torch.where(small, torch.ones_like(theta2), theta2))
+    a = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / theta**2)
+    x, y, z = omega_B3.unbind(-1)
+    zero = torch.zeros_like(x)
+    K = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(omega_B3.shape[:-1] + (3, 3))
+    eye = torch.eye(3, dtype=omega_B3.dtype, device=omega_B3.device)
+    return eye + a * K + b * (K @ K)
+
+
+def robust_rho(dist: torch.Tensor, kind: str, scale: float) -> torch.Tensor:
+    """Per-pixel loss of a 3-D distance: ``none`` = the distance (DUSt3R), ``cauchy`` = c^2/2 log(1 + (d/c)^2)."""
+    if kind == "none":
+        return dist
+    if kind == "cauchy":
+        return 0.5 * scale**2 * torch.log1p((dist / scale) ** 2)
+    raise ValueError(f"align.robust: unknown loss {kind!r}; valid: none, cauchy")
+
+
+def robust_weight(dist, kind: str, scale: float):
+    """IRLS weight of a distance under ``robust_rho`` relative to the plain distance (1 for ``none``)."""
+    if kind == "none":
+        return np.ones_like(dist)
+    return 1.0 / (1.0 + (np.asarray(dist) / scale) ** 2)
+
+
+def learning_rate(it: int, iterations: int, lr: float, lr_min: float, schedule: str) -> float:
+    frac = it / max(iterations - 1, 1)
+    if schedule == "cosine":
+        return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * frac))
+    if schedule == "linear":
+        return lr + (lr_min - lr) * frac
+    if schedule == "constant":
+        return lr
+    raise ValueError(f"align.schedule: unknown schedule {schedule!r}; valid: cosine, linear, constant")
+
+
+@dataclass
+class OptimConfig:
+    iterations: int
+    lr: float
+    lr_min: float
+    schedule: str
+    robust: str
+    robust_scale: float
+    """Cauchy scale in world units (the world has scene size ~1 here)."""
+    free_focal: bool
+    normalise_scale: bool
+    """Fix the geometric mean of the edge scales (no pose fixes the scale: prevents shrinking to zero)."""
+
+
+class Objective(torch.nn.Module):
+    """Confidence-weighted distance between the image points and every edge's transformed predictions."""
+
+    def __init__(self, state: State, smp: Samples, edges_E2: np.ndarray, uv_NP2: np.ndarray,
+                 free_N: np.ndarray, cfg: OptimConfig, device: torch.device):
+        super().__init__()
+        f32 = dict(dtype=torch.float32, device=device)
+        N, P = state.depth_NP.shape
+        E = len(edges_E2)
+        self.cfg = cfg
+        self.i_E = torch.as_tensor(edges_E2[:, 0], device=device)
+        self.j_E = torch.as_tensor(edges_E2[:, 1], device=device)
+        self.A, self.B = smp.pts_a_EP3.to(**f32), smp.pts_b_EP3.to(**f32)
+        self.wa, self.wb = conf_weight(smp.conf_a_EP).to(**f32), conf_weight(smp.conf_b_EP).to(**f32)
+        self.live_E = (self.wa.sum(1) + self.wb.sum(1)) > 0
+        uvc = uv_NP2 - state.K_N33[:, None, :2, 2]
+        self.uvc_NP2 = torch.as_tensor(uvc / np.stack([state.K_N33[:, 0, 0], state.K_N33[:, 1, 1]], -1)[:, None], **f32)
+        self.free_N1 = torch.as_tensor(free_N, **f32)[:, None]
+        self.R0_N33, self.t0_N3 = torch.as_tensor(state.R_N33, **f32), torch.as_tensor(state.t_N3, **f32)
+        self.R0_E33, self.t0_E3 = torch.as_tensor(state.R_E33, **f32), torch.as_tensor(state.t_E3, **f32)
+        self.log_base = float(np.log(state.s_E[self.live_E.cpu().numpy()]).mean()) if self.live_E.any() else 0.0
+        self.rot_N3 = torch.nn.Parameter(torch.zeros(N, 3, **f32))
+        self.trans_N3 = torch.nn.Parameter(torch.zeros(N, 3, **f32))
+        self.log_focal_N = torch.nn.Parameter(torch.zeros(N, **f32), requires_grad=cfg.free_focal)
+        self.log_depth_NP = torch.nn.Parameter(torch.as_tensor(np.log(state.depth_NP), **f32))
+        self.rot_E3 = torch.nn.Parameter(torch.zeros(E, 3, **f32))
+        self.trans_E3 = torch.nn.Parameter(torch.zeros(E, 3, **f32))
+        self.log_scale_E = torch.nn.Parameter(torch.as_tensor(np.log(state.s_E), **f32))
+
+    def edge_scale(self) -> torch.Tensor:
+        if not self.cfg.normalise_scale:
+            return self.log_scale_E.exp()
+        # only relative edge scales are free: shrinking every edge (and thus the world) to zero is impossible
+        mean = self.log_scale_E[self.live_E].mean() if self.live_E.any() else 0.0
+        return (self.log_scale_E - mean + self.log_base).exp()
+
+    def image_points(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """World points (N, P, 3) of the sampled pixels, plus rotations and centres of the cameras."""
+        R = self.R0_N33 @ so3_exp(self.rot_N3 * self.free_N1)
+        t = self.t0_N3 + self.trans_N3 * self.free_N1
+        xy = self.uvc_NP2 * torch.exp(-self.log_focal_N)[:, None, None]
+        ray = torch.cat([xy, torch.ones_like(xy[..., :1])], -1)
+        cam = ray * self.log_depth_NP.exp()[..., None]
+        return torch.einsum("nij,npj->npi", R, cam) + t[:, None], R, t
+
+    def edge_distances(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E, P) distances of image i's and image j's points to the edge's transformed predictions."""
+        X, _, _ = self.image_points()
+        R = self.R0_E33 @ so3_exp(self.rot_E3)
+        t = self.t0_E3 + self.trans_E3
+        sR = self.edge_scale()[:, None, None] * R
+        ya = torch.einsum("eij,epj->epi", sR, self.A) + t[:, None]
+        yb = torch.einsum("eij,epj->epi", sR, self.B) + t[:, None]
+        # a tiny epsilon keeps the gradient of the norm finite at an exact fit
+        da = torch.sqrt(((X[self.i_E] - ya) ** 2).sum(-1) + 1e-14)
+        db = torch.sqrt(((X[self.j_E] - yb) ** 2).sum(-1) + 1e-14)
+        return da, db
+
+    def forward(self) -> torch.Tensor:
+        da, db = self.edge_distances()
+        rho = lambda d: robust_rho(d, self.cfg.robust, self.cfg.robust_scale)  # noqa: E731
+        return ((self.wa * rho(da)).sum() + (self.wb * rho(db)).sum()) / da.numel()
+
+    @torch.no_grad()
+    def state(self, like: State) -> State:
+        _, R, t = self.image_points()
+        fscale = torch.exp(self.log_focal_N).double().cpu().numpy()
+        K = like.K_N33.copy()
+        K[:, 0, 0] *= fscale
+        K[:, 1, 1] *= fscale
+        d = lambda x: x.double().cpu().numpy()  # noqa: E731
+        return replace(like, R_N33=d(R), t_N3=d(t), depth_NP=d(self.log_depth_NP.exp()), K_N33=K,
+                       s_E=d(self.edge_scale()), R_E33=d(self.R0_E33 @ so3_exp(self.rot_E3)),
+                       t_E3=d(self.t0_E3 + self.trans_E3))
+
+
+def optimise(state: State, smp: Samples, edges_E2: np.ndarray, uv_NP2: np.ndarray, free_N: np.ndarray,
+             cfg: OptimConfig, device: torch.device) -> tuple[State, np.ndarray, dict]:
+    """Refine ``state`` with Adam (betas 0.9, 0.9 as DUSt3R). Returns the state, the (E, 2) weighted mean
+    distance of each edge's two views at the end (world units) and loss statistics."""
+    obj = Objective(state, smp, edges_E2, uv_NP2, free_N, cfg, device)
+    params = [p for p in obj.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.9))
+    loss0 = loss = float("nan")
+    for it in range(cfg.iterations):
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(it, cfg.iterations, cfg.lr, cfg.lr_min, cfg.schedule)
+        opt.zero_grad(set_to_none=True)
+        value = obj()
+        value.backward()
+        opt.step()
+        loss = float(value)
+        if it == 0:
+            loss0 = loss
+        if it % 100 == 0:
+            log.debug("global alignment: iteration %d, loss %.6g", it, loss)
+    with torch.no_grad():
+        da, db = obj.edge_distances()
+        mean = lambda w, d: ((w * d).sum(1) / w.sum(1).clamp_min(1e-12)).double().cpu().numpy()  # noqa: E731
+        side_dist_E2 = np.stack([mean(obj.wa, da), mean(obj.wb, db)], 1)
+        final = float(obj())
+    return obj.state(state), side_dist_E2, {"loss_first": loss0, "loss_final": final}

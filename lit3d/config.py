@@ -1,0 +1,241 @@
+"""Typed configuration shared by every command (fit, label, evaluate, sweep, bench).
+
+Defaults live in dataclasses, each field documented by the docstring under it (shown by ``--help``). A run's
+config is ``defaults <- experiments/NAME.yaml <- CLI dot-list``, merged by OmegaConf; ``student=vit`` and
+``teacher=dust3r`` pick a registered component, whose own config class then types ``student.*`` /
+``teacher.*``. Unknown keys are errors that list the valid ones.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lit3d.align.config import AlignConfig
+from lit3d.data.config import DataConfig
+from lit3d.pairs.config import PairsConfig
+from lit3d.registry import Registry, UnknownNameError
+from lit3d.students import STUDENTS
+from lit3d.students.config import StudentConfig
+from lit3d.teachers import TEACHERS
+from lit3d.teachers.config import TeacherConfig
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used: unknown key, wrong type, missing experiment file."""
+
+
+@dataclass
+class LoaderConfig:
+    resolution: list[int] = field(default_factory=lambda: [48, 64])
+    """(H, W) of the student's input and output; labels are resized to it consistently with the images."""
+    batch_size: int = 16
+    """Images per training step."""
+    num_workers: int = 0
+    """DataLoader worker processes (0 = load in the training process)."""
+    pin_memory: bool = False
+    """Pin host memory for faster transfers to a GPU."""
+    color_jitter: float = 0.2
+    """Strength of photometric augmentation (brightness, contrast, saturation; 0 = off). Geometric
+    augmentation is never applied: it would change which world point a pixel sees."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-3
+    """Peak AdamW learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    warmup_epochs: int = 0
+    """Linear warm-up epochs before the cosine decay."""
+    min_lr_ratio: float = 0.01
+    """Cosine schedule ends at ``lr * min_lr_ratio``."""
+    conf_weighting: bool = False
+    """Weight the MSE by the teacher's confidence (off in the paper)."""
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 60
+    """Training epochs."""
+    accelerator: str = "auto"
+    """Lightning accelerator: auto, cpu, gpu, ..."""
+    devices: Any = "auto"
+    """Lightning devices: a count, a list of ids or 'auto'. >1 uses DDP (gloo on CPU)."""
+    num_nodes: int = 1
+    """Machines for multi-node DDP."""
+    strategy: str = "auto"
+    """Lightning strategy (auto, ddp, ddp_spawn, ...)."""
+    precision: str = "32-true"
+    """Lightning precision: 32-true, bf16-mixed, 16-mixed."""
+    logger: str = "csv"
+    """csv or tensorboard (both write under the run directory)."""
+    log_every_n_steps: int = 10
+    """Logging interval in steps."""
+    check_val_every_n_epoch: int = 5
+    """Validate every N epochs (metrics on ``val``; the best checkpoint follows ``val/l2_mean``)."""
+    enable_progress_bar: bool = True
+    """Show Lightning's progress bar."""
+    deterministic: bool = False
+    """Ask torch for deterministic algorithms."""
+    resume: str = ""
+    """Checkpoint to resume from: a path or 'last' (the run directory's last.ckpt)."""
+
+
+@dataclass
+class FitConfig:
+    experiment: str = "default"
+    """Experiment name; ``experiment=NAME`` on the command line loads ``experiments/NAME.yaml``."""
+    run_dir: str = ""
+    """Output folder of the run (default ``runs/<experiment>/<timestamp>``)."""
+    cache_dir: str = "cache"
+    """Root of the label caches (and of synthetic renders), shared by every command."""
+    seed: int = 0
+    """Seed of weights init, data order and augmentation."""
+    data: DataConfig = field(default_factory=DataConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    teacher: TeacherConfig = field(default_factory=lambda: TEACHERS.config("depth"))
+    align: AlignConfig = field(default_factory=AlignConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    student: StudentConfig = field(default_factory=lambda: STUDENTS.config("mobilenetv3"))
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+GROUPS: dict[str, Registry] = {"student": STUDENTS, "teacher": TEACHERS}
+"""Config sections whose class depends on a registered name."""
+
+
+def _experiment_yaml(name: str) -> DictConfig:
+    path = Path(name) if name.endswith((".yaml", ".yml")) else EXPERIMENTS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+        raise ConfigError(f"experiment file {path} not found; available experiments: {', '.join(available)}")
+    try:
+        return OmegaConf.load(path)
+    except Exception as e:  # yaml syntax errors
+        raise ConfigError(f"cannot parse experiment file {path}: {str(e).splitlines()[0]}") from None
+
+
+def _check_keys(raw: Any, schema: Any, prefix: str = "") -> None:
+    """Raise ConfigError for the first key of ``raw`` that ``schema`` does not have."""
+    if not isinstance(raw, DictConfig):
+        return
+    for key in raw.keys():
+        full = f"{prefix}{key}"
+        if key not in schema:
+            valid = ", ".join(str(k) for k in schema.keys())
+            raise ConfigError(f"unknown config key '{full}'; valid keys{' of ' + prefix[:-1] if prefix else ''}: {valid}")
+        child = schema[key]
+        if isinstance(child, DictConfig):
+            _check_keys(raw[key], child, f"{full}.")
+
+
+def load_config(args: list[str] | None = None, **overrides: Any) -> FitConfig:
+    """Resolve ``defaults <- experiment yaml <- args (dot-list) <- overrides (dotted keys)``.
+
+    ``args`` is a CLI dot-list such as ``["experiment=vit_best", "student=vit", "student.depth=4"]``.
+    """
+    dotlist = [a for a in (args or [])] + [f"{k}={v}" for k, v in overrides.items()]
+    for item in dotlist:
+        if "=" not in item:
+            raise ConfigError(f"argument {item!r} is not of the form key=value")
+    experiment = next((a.split("=", 1)[1] for a in dotlist if a.split("=", 1)[0] == "experiment"), None)
+    dotlist = [a for a in dotlist if a.split("=", 1)[0] != "experiment"]
+    # ``student=vit`` is sugar for ``student.name=vit``
+    dotlist = [f"{a.split('=', 1)[0]}.name={a.split('=', 1)[1]}" if a.split("=", 1)[0] in GROUPS else a
+               for a in dotlist]
+    try:
+        raw = OmegaConf.merge(_experiment_yaml(experiment) if experiment else OmegaConf.create(),
+                              OmegaConf.from_dotlist(dotlist))
+    except OmegaConfBaseException as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    for group in GROUPS:  # a bare string in a yaml (``student: vit``) is the same sugar
+        if isinstance(raw.get(group), str):
+            raw[group] = {"name": raw[group]}
+    base = FitConfig()
+    try:
+        sections = {g: reg.config(raw.get(g, {}).get("name", getattr(base, g).name)) for g, reg in GROUPS.items()}
+    except UnknownNameError as e:
+        raise ConfigError(str(e)) from None
+    schema = OmegaConf.structured(dataclasses.replace(base, **sections))
+    _check_keys(raw, schema)
+    try:
+        merged = OmegaConf.merge(schema, raw)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or ""
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"invalid value for '{key}': {msg}" if key else msg) from None
+    if experiment:
+        merged.experiment = Path(experiment).stem
+    cfg: FitConfig = OmegaConf.to_object(merged)
+    return cfg
+
+
+def to_yaml(cfg: FitConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def from_yaml(path: str | Path) -> FitConfig:
+    """Load a resolved ``config.yaml`` written into a run directory."""
+    raw = OmegaConf.load(path)
+    flat = [f"{k}={v}" for k, v in _flatten(OmegaConf.to_container(raw)).items()]
+    return load_config(flat)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = "[" + ",".join(map(str, v)) + "]" if isinstance(v, list) else ("null" if v is None else v)
+    return out
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Docstrings written under dataclass fields, gathered from ``cls`` and its bases."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant)
+                    and isinstance(nxt.value.value, str)):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def help_text(cfg: FitConfig, command: str = "lit3d.fit") -> str:
+    """``--help``: usage, every key with its value and docstring, then registered names."""
+    lines = [f"usage: python -m {command} [experiment=NAME] [key=value ...]", "", "keys (resolved value  # doc):"]
+
+    def walk(obj: Any, prefix: str) -> None:
+        docs = field_docs(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                doc = docs.get(f.name, "")
+                lines.append(f"  {prefix}{f.name}={value!r}" + (f"  # {doc}" if doc else ""))
+
+    walk(cfg, "")
+    lines += ["", f"students: {', '.join(STUDENTS.names())}", f"teachers: {', '.join(TEACHERS.names())}",
+              f"experiments: {', '.join(sorted(p.stem for p in EXPERIMENTS_DIR.glob('*.yaml')))}"]
+    return "\n".join(lines)

@@ -1,0 +1,28 @@
+"""Which scene to load and how (``data.*`` keys)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DataConfig:
+    format: str = "synthetic"
+    """Scene loader: one of ``lit3d.data.FORMATS.names()`` (synthetic, folder, sevenscenes, twelvescenes, images)."""
+    root: str = ""
+    """Folder of the scene on disk (unused by ``synthetic``, whose renders are cached under ``cache_dir``)."""
+    resolution: list[int] = field(default_factory=lambda: [96, 128])
+    """(H, W) the loader delivers frames at (images resized, depth nearest, intrinsics scaled); labels live here."""
+    stride: int = 1
+    """Keep every ``stride``-th frame (after sorting by name)."""
+    max_frames: int = 0
+    """Keep at most this many frames after striding (0 = all)."""
+    test_every: int = 8
+    """Hold out every N-th frame for test where the dataset has no official split (0 = no test frames)."""
+    val_every: int = 8
+    """Of the remaining frames, hold out every N-th for validation (0 = no validation frames)."""
+    test_frames: list[str] = field(default_factory=list)
+    """Explicit test frame names; overrides ``test_every`` where the dataset has no official split."""
+    num_frames: int = 200
+    """synthetic: number of rendered frames along the camera path."""
+    seed: int = 0
+    """synthetic: seed of the room layout, textures and camera path."""

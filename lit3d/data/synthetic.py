@@ -1,0 +1,216 @@
+"""A procedurally rendered indoor scene: the offline default dataset.
+
+A room (textured walls, floor, ceiling) with boxes and spheres, rendered by vectorised ray casting on the CPU.
+Texture is a function of the 3D surface point (a per-surface Fourier noise over world coordinates, times a
+per-surface base colour, times view-independent Lambertian shading), so every view of a surface point agrees
+in colour, as in a real static scene. The camera circles the room looking across it, so frames overlap.
+Everything is deterministic in ``seed``; renders are cached under ``cache_dir/scenes``.
+
+World frame: metres, z up, the room spans [0, 6] x [0, 5] x [0, 2.8].
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lit3d.data import FORMATS
+from lit3d.data.config import DataConfig
+from lit3d.data.io import atomic_save_npz
+from lit3d.data.scene import Scene, split_every
+from lit3d.geometry import look_at
+
+log = logging.getLogger(__name__)
+
+RENDERER_VERSION = 1
+ROOM_MAX = np.array([6.0, 5.0, 2.8])
+HFOV_DEG = 70.0
+LIGHT = np.array([3.0, 2.5, 2.6])
+
+
+@dataclass
+class Primitive:
+    kind: str  # "box" (axis-aligned, seen from outside) or "sphere"
+    lo: np.ndarray  # box min corner, or sphere centre
+    hi: np.ndarray  # box max corner, or (radius, 0, 0)
+
+
+def _layout(rng: np.random.Generator) -> list[Primitive]:
+    """Boxes along the walls (cabinets, tables) and spheres, clear of the camera path in the middle."""
+    prims = []
+    for k in range(5):
+        size = rng.uniform([0.5, 0.5, 0.4], [1.2, 1.0, 1.4])
+        side = k % 4
+        along = rng.uniform(0.3, 0.7)
+        if side == 0:
+            lo = np.array([0.1, along * (ROOM_MAX[1] - size[1]), 0.0])
+        elif side == 1:
+            lo = np.array([ROOM_MAX[0] - 0.1 - size[0], along * (ROOM_MAX[1] - size[1]), 0.0])
+        elif side == 2:
+            lo = np.array([along * (ROOM_MAX[0] - size[0]), 0.1, 0.0])
+        else:
+            lo = np.array([along * (ROOM_MAX[0] - size[0]), ROOM_MAX[1] - 0.1 - size[1], 0.0])
+        prims.append(Primitive("box", lo, lo + size))
+    # a pedestal with a ball in the middle of the room: seen from everywhere, it ties views together
+    prims.append(Primitive("box", np.array([2.75, 2.3, 0.0]), np.array([3.25, 2.7, 0.7])))
+    prims.append(Primitive("sphere", np.array([3.0, 2.5, 1.0]), np.array([0.3, 0, 0])))
+    for _ in range(2):
+        c = np.array([rng.uniform(0.6, 5.4), rng.choice([0.5, 4.5]), rng.uniform(1.6, 2.2)])
+        prims.append(Primitive("sphere", c, np.array([rng.uniform(0.15, 0.3), 0, 0])))
+    return prims
+
+
+def _camera_path(n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, 4, 4) camera-to-world poses circling the room centre and looking across it."""
+    phase = rng.uniform(0, 2 * np.pi)
+    poses = []
+    for k in range(n):
+        a = phase + 2 * np.pi * k / n
+        eye = np.array([3.0 + 1.5 * np.cos(a), 2.5 + 1.1 * np.sin(a), 1.45 + 0.15 * np.sin(3 * a)])
+        look = a + np.pi + 0.6 * np.sin(2 * a + 1.0)  # look across the room, swinging left and right
+        target = np.array([3.0 + 2.5 * np.cos(look), 2.5 + 2.0 * np.sin(look), 1.0 + 0.3 * np.cos(2 * a)])
+        poses.append(look_at(eye, target))
+    return np.stack(poses)
+
+
+def _intersect(origin_3: np.ndarray, dirs_R3: np.ndarray, prims: list[Primitive]):
+    """Nearest hit per ray: distance (R,), surface id (R,), normal (R, 3). Id 0..5 = room faces, 6+ = prims."""
+    R = dirs_R3.shape[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = 1.0 / dirs_R3
+        # room: the ray leaves the box through the nearest face in its direction of travel
+        t_face = np.where(dirs_R3 > 0, (ROOM_MAX - origin_3) * inv, -origin_3 * inv)
+        t_face = np.where(np.isfinite(t_face) & (t_face > 0), t_face, np.inf)
+    axis = np.argmin(t_face, axis=1)
+    t_best = t_face[np.arange(R), axis]
+    positive = dirs_R3[np.arange(R), axis] > 0
+    sid = axis * 2 + positive  # faces: 0 x=0, 1 x=max, 2 y=0, 3 y=max, 4 floor, 5 ceiling
+    normal = np.zeros((R, 3))
+    normal[np.arange(R), axis] = np.where(positive, -1.0, 1.0)
+    for p_id, prim in enumerate(prims, start=6):
+        if prim.kind == "box":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t1, t2 = (prim.lo - origin_3) * inv, (prim.hi - origin_3) * inv
+            tmin, tmax = np.minimum(t1, t2), np.maximum(t1, t2)
+            tmin = np.nan_to_num(tmin, nan=-np.inf)
+            tmax = np.nan_to_num(tmax, nan=np.inf)
+            t_near, t_far = tmin.max(1), tmax.min(1)
+            hit = (t_near <= t_far) & (t_near > 1e-6) & (t_near < t_best)
+            ax = np.argmax(tmin, axis=1)
+            n = np.zeros((R, 3))
+            n[np.arange(R), ax] = -np.sign(dirs_R3[np.arange(R), ax])
+        else:
+            oc = origin_3 - prim.lo
+            b = dirs_R3 @ oc
+            disc = b * b - (oc @ oc - prim.hi[0] ** 2)
+            t_near = -b - np.sqrt(np.maximum(disc, 0))
+            hit = (disc > 0) & (t_near > 1e-6) & (t_near < t_best)
+            n = (origin_3 + t_near[:, None] * dirs_R3 - prim.lo) / prim.hi[0]
+        t_best = np.where(hit, t_near, t_best)
+        sid = np.where(hit, p_id, sid)
+        normal = np.where(hit[:, None], n, normal)
+    return t_best, sid, normal
+
+
+class _Texture:
+    """Per-surface colour as a smooth random function of the world point (a sum of plane waves)."""
+
+    def __init__(self, rng: np.random.Generator, n_surfaces: int, n_waves: int = 12):
+        self.base = rng.uniform(0.25, 0.95, (n_surfaces, 3))
+        self.freq = rng.normal(0, 1, (n_surfaces, n_waves, 3))
+        self.freq *= (rng.uniform(1.0, 7.0, (n_surfaces, n_waves)) * 2 * np.pi)[..., None] / np.linalg.norm(
+            self.freq, axis=-1, keepdims=True)
+        self.phase = rng.uniform(0, 2 * np.pi, (n_surfaces, n_waves))
+        self.mix = rng.uniform(-1, 1, (n_surfaces, n_waves, 3)) / np.sqrt(n_waves)
+
+    def __call__(self, pts_R3: np.ndarray, sid_R: np.ndarray) -> np.ndarray:
+        waves = np.sin(np.einsum("rkc,rc->rk", self.freq[sid_R], pts_R3) + self.phase[sid_R])
+        pattern = np.einsum("rk,rkc->rc", waves, self.mix[sid_R])
+        return np.clip(self.base[sid_R] * (0.75 + 0.6 * pattern), 0, 1)
+
+
+def render(poses_N44: np.ndarray, K_33: np.ndarray, size: tuple[int, int], seed: int,
+           supersample: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Render RGB (N, H, W, 3) uint8 and z-depth (N, H, W) float32 metres for cameras ``poses_N44``.
+
+    ``supersample`` > 1 anti-aliases the colours with s x s rays per pixel (depth stays at pixel centres).
+    """
+    H, W = size
+    rng = np.random.default_rng(seed)
+    prims = _layout(rng)
+    texture = _Texture(rng, 6 + len(prims))
+    s = supersample
+    # sub-pixel sample positions inside each pixel, box-filtered afterwards (anti-aliasing)
+    offsets = (np.arange(s) + 0.5) / s - 0.5
+    v, u = np.mgrid[0:H, 0:W].astype(np.float64)
+    su = (u[:, :, None, None] + offsets[None, None, None, :]).repeat(s, 2)
+    sv = (v[:, :, None, None] + offsets[None, None, :, None]).repeat(s, 3)
+    rays_cam = np.stack([(su - K_33[0, 2]) / K_33[0, 0], (sv - K_33[1, 2]) / K_33[1, 1], np.ones_like(su)], -1)
+    centre_cam = np.stack([(u - K_33[0, 2]) / K_33[0, 0], (v - K_33[1, 2]) / K_33[1, 1], np.ones_like(u)], -1)
+    images, depths = [], []
+    for T in poses_N44:
+        R, o = T[:3, :3], T[:3, 3]
+        d = rays_cam.reshape(-1, 3) @ R.T
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        t, sid, normal = _intersect(o, d, prims)
+        p = o + t[:, None] * d
+        to_light = LIGHT - p
+        to_light /= np.linalg.norm(to_light, axis=1, keepdims=True)
+        shade = 0.45 + 0.55 * np.clip((normal * to_light).sum(1), 0, 1)
+        rgb = (texture(p, sid) * shade[:, None]).reshape(H, W, s * s, 3).mean(2)
+        images.append(np.round(255 * rgb).astype(np.uint8))
+        # depth at pixel centres: z of the hit point in camera frame
+        if s > 1:
+            d = centre_cam.reshape(-1, 3) @ R.T
+            d /= np.linalg.norm(d, axis=1, keepdims=True)
+            t, _, _ = _intersect(o, d, prims)
+        depths.append(((t[:, None] * d) @ R[:, 2]).reshape(H, W).astype(np.float32))
+    return np.stack(images), np.stack(depths)
+
+
+def synthetic_intrinsics(height: int, width: int) -> np.ndarray:
+    f = (width / 2) / np.tan(np.radians(HFOV_DEG / 2))
+    return np.array([[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1]])
+
+
+@FORMATS.register("synthetic", DataConfig)
+def load_synthetic(cfg: DataConfig, cache_dir: Path) -> Scene:
+    """Render (or read back from ``cache_dir/scenes``) the synthetic scene of ``cfg``."""
+    H, W = cfg.resolution
+    key = {"version": RENDERER_VERSION, "seed": cfg.seed, "num_frames": cfg.num_frames, "resolution": [H, W]}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(cache_dir) / "scenes" / f"synthetic-{digest}.npz"
+    K = synthetic_intrinsics(H, W)
+    if path.is_file():
+        try:
+            with np.load(path) as f:
+                images, depths, poses = f["images"], f["depths"], f["poses"]
+        except Exception as e:  # a corrupt render cache is rebuilt, never trusted
+            log.warning("synthetic render cache %s is unreadable (%s): re-rendering", path, e)
+            path.unlink()
+    if not path.is_file():
+        poses = _camera_path(cfg.num_frames, np.random.default_rng(cfg.seed + 1))
+        log.info("rendering %d synthetic frames at %dx%d", cfg.num_frames, W, H)
+        images, depths = render(poses, K, (H, W), cfg.seed)
+        atomic_save_npz(path, images=images, depths=depths, poses=poses)
+    keep = np.arange(cfg.num_frames)[:: cfg.stride]
+    if cfg.max_frames:
+        keep = keep[: cfg.max_frames]
+    names = [f"frame-{k:06d}" for k in keep]
+    split = split_every(len(keep), cfg.test_every, cfg.val_every)
+    if cfg.test_frames:
+        test = np.array([names.index(n) for n in cfg.test_frames if n in names], dtype=int)
+        split = split_every(len(keep), 0, cfg.val_every)
+        split = {"test": test, "val": np.setdiff1d(split["val"], test),
+                 "train": np.setdiff1d(np.arange(len(keep)), np.union1d(test, split["val"]))}
+    images, depths = images[keep], depths[keep]
+    return Scene(
+        name=f"synthetic-seed{cfg.seed}", frame_names=names, image_size=(H, W),
+        K_N33=np.repeat(K[None], len(keep), 0), cam2world_N44=poses[keep],
+        read_image=lambda i: images[i], read_depth=lambda i: depths[i], split=split, metric=True,
+        source={"format": "synthetic", **key, "stride": cfg.stride, "max_frames": cfg.max_frames},
+    )

@@ -1,0 +1,1 @@
+"""Evaluation metrics: point errors (``pointmap``) and camera localization from predicted points (``localization``)."""

@@ -1,0 +1,35 @@
+"""Point errors of predicted world pointmaps against labels, as a torchmetrics ``Metric``."""
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+THRESHOLDS_M = {"2cm": 0.02, "5cm": 0.05, "10cm": 0.10}
+
+
+class PointErrors(Metric):
+    """Per-pixel L2 distance between predicted and label world points over valid pixels.
+
+    Reports ``l2_mean``, ``l2_median`` (in the labels' unit: metres for metric scenes) and ``acc_2cm``,
+    ``acc_5cm``, ``acc_10cm`` (fraction of pixels within the threshold, read as metres).
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("errors", default=[], dist_reduce_fx="cat")
+
+    def update(self, pred_B3HW: torch.Tensor, target_B3HW: torch.Tensor, valid_BHW: torch.Tensor) -> None:
+        err_BHW = torch.linalg.vector_norm(pred_B3HW.float() - target_B3HW.float(), dim=1)
+        self.errors.append(err_BHW[valid_BHW].detach())
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        errors = dim_zero_cat(self.errors) if self.errors else torch.zeros(0)
+        if errors.numel() == 0:
+            nan = torch.tensor(float("nan"))
+            return {"l2_mean": nan, "l2_median": nan, **{f"acc_{k}": nan for k in THRESHOLDS_M}}
+        out = {"l2_mean": errors.mean(), "l2_median": errors.median()}
+        out.update({f"acc_{k}": (errors < t).float().mean() for k, t in THRESHOLDS_M.items()})
+        return out

@@ -1,0 +1,76 @@
+"""``mobilenetv3``: timm MobileNetV3 features (optionally ImageNet-pretrained, optionally frozen) + ConvHead."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import timm
+import torch
+from torch import nn
+
+from lit3d.students import STUDENTS
+from lit3d.students.config import StudentConfig
+from lit3d.students.head import ConvHead, normalize_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MobileNetV3Config(StudentConfig):
+    name: str = "mobilenetv3"
+    model_name: str = "mobilenetv3_small_100"
+    """timm model name of the backbone (e.g. mobilenetv3_small_100, mobilenetv3_large_100)."""
+    pretrained: bool = False
+    """Start from ImageNet weights (timm hub name, or ``pretrained_file``)."""
+    pretrained_file: str = ""
+    """Local weights file (.safetensors / .pth / .bin) for ``pretrained``; needed where the hub is unreachable."""
+    freeze_backbone: bool = False
+    """Keep the backbone's weights (and BatchNorm statistics) fixed; only the head trains."""
+    feature_level: int = 3
+    """Which feature map feeds the head: 0..4 = stride 2, 4, 8, 16, 32. Later blocks are dropped."""
+    head_width: int = 64
+    """Smallest channel width of the head's upsampling stages."""
+
+
+class MobileNetV3Student(nn.Module):
+    def __init__(self, cfg: MobileNetV3Config):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = _create_backbone(cfg)
+        info = self.backbone.feature_info
+        self.head = ConvHead(info.channels()[-1], stride=info.reduction()[-1], width=cfg.head_width)
+        self.mean, self.std = self.backbone.pretrained_cfg.get("mean"), self.backbone.pretrained_cfg.get("std")
+        if cfg.freeze_backbone:
+            self.backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "MobileNetV3Student":
+        super().train(mode)
+        if self.cfg.freeze_backbone:  # frozen means frozen BatchNorm statistics too
+            self.backbone.eval()
+        return self
+
+    def forward(self, img_B3HW: torch.Tensor) -> torch.Tensor:
+        feat = self.backbone(normalize_image(img_B3HW, self.mean, self.std))[-1]
+        return self.head(feat, img_B3HW.shape[-2:])
+
+
+def _create_backbone(cfg: MobileNetV3Config) -> nn.Module:
+    kwargs = dict(features_only=True, out_indices=(cfg.feature_level,))
+    if not cfg.pretrained:
+        return timm.create_model(cfg.model_name, pretrained=False, **kwargs)
+    if cfg.pretrained_file:
+        return timm.create_model(cfg.model_name, pretrained=True,
+                                 pretrained_cfg_overlay=dict(file=cfg.pretrained_file), **kwargs)
+    try:
+        return timm.create_model(cfg.model_name, pretrained=True, **kwargs)
+    except Exception as e:  # offline, hub unreachable, gated weights
+        raise RuntimeError(
+            f"student.pretrained=true: cannot fetch ImageNet weights for {cfg.model_name} "
+            f"({type(e).__name__}); download the timm weights file on a connected machine and pass "
+            f"student.pretrained_file=PATH, or set student.pretrained=false"
+        ) from None
+
+
+@STUDENTS.register("mobilenetv3", MobileNetV3Config)
+def _build(cfg: MobileNetV3Config, img_size: tuple[int, int] | None = None) -> MobileNetV3Student:
+    return MobileNetV3Student(cfg)

@@ -1,0 +1,97 @@
+"""The LightningModule that trains any registered student on cached teacher labels."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import lightning as L
+import torch
+
+from lit3d.metrics.pointmap import PointErrors
+from lit3d.students import STUDENTS, create_student
+
+
+class StudentModule(L.LightningModule):
+    """Student + MSE to the teacher's world points + point-error metrics.
+
+    The network predicts normalised coordinates ``(p - mean) / std`` (statistics of the training labels, in
+    the cache's world frame and unit); :meth:`forward` returns world points. The metrics also score a trivial
+    baseline that predicts the mean training point everywhere, so a reader sees that learning happened.
+    """
+
+    def __init__(self, student: dict, optim: dict, img_size: tuple[int, int], coord_mean: list[float],
+                 coord_std: list[float], max_epochs: int = 1):
+        super().__init__()
+        self.save_hyperparameters()
+        student_cfg = STUDENTS.get(student["name"]).config_cls(**student)
+        self.student = create_student(student_cfg, img_size)
+        self.optim = optim
+        self.register_buffer("coord_mean", torch.tensor(coord_mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("coord_std", torch.tensor(coord_std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.metrics = torch.nn.ModuleDict({f"{s}_{m}": PointErrors() for s in ("val", "test")
+                                            for m in ("student", "baseline")})
+
+    @classmethod
+    def from_config(cls, cfg, stats: dict[str, torch.Tensor]) -> "StudentModule":
+        return cls(dataclasses.asdict(cfg.student), dataclasses.asdict(cfg.optim), tuple(cfg.loader.resolution),
+                   stats["mean"].tolist(), stats["std"].tolist(), cfg.trainer.max_epochs)
+
+    def forward(self, image_B3HW: torch.Tensor) -> torch.Tensor:
+        """World points (B, 3, H, W) in the labels' frame and unit for images in [0, 1]."""
+        return self.student(image_B3HW) * self.coord_std + self.coord_mean
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        pred_norm = self.student(batch["image"])
+        target_norm = (batch["pts_world"] - self.coord_mean) / self.coord_std
+        sq_err_BHW = ((pred_norm - target_norm) ** 2).mean(1)
+        weight = batch["valid"].float()
+        if self.optim["conf_weighting"]:
+            weight = weight * batch["conf"]
+        return (sq_err_BHW * weight).sum() / weight.sum().clamp_min(1.0)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+        return loss
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
+        loss = self._loss(batch)
+        self.log(f"{split}/loss", loss, on_epoch=True, batch_size=len(batch["image"]), sync_dist=True)
+        pred = self(batch["image"])
+        self.metrics[f"{split}_student"].update(pred, batch["pts_world"], batch["valid"])
+        self.metrics[f"{split}_baseline"].update(self.coord_mean.expand_as(pred), batch["pts_world"], batch["valid"])
+
+    def _eval_epoch_end(self, split: str) -> None:
+        for who, prefix in (("student", f"{split}/"), ("baseline", f"{split}_baseline/" if split == "val" else "baseline/")):
+            metric = self.metrics[f"{split}_{who}"]
+            for k, v in metric.compute().items():
+                self.log(prefix + k, v, prog_bar=(split == "val" and k == "l2_mean" and who == "student"))
+            metric.reset()
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self):
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self):
+        self._eval_epoch_end("test")
+
+    def configure_optimizers(self):
+        o = self.optim
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=o["lr"], weight_decay=o["weight_decay"])
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(total * o["warmup_epochs"] / max(self.hparams.max_epochs, 1))
+
+        def lr_factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return o["min_lr_ratio"] + (1 - o["min_lr_ratio"]) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,108 @@
+"""Exports round-trip: PLY exactly; TorchScript and ONNX within tolerance, with a dynamic ONNX batch axis."""
+import numpy as np
+import pytest
+import torch
+
+from lit3d.export import ExportError, export_onnx, export_torchscript, read_ply, write_ply
+
+
+def test_ply_round_trip_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    pts = rng.normal(0, 3, (7, 5, 3)).astype(np.float32)  # a pointmap is flattened row-major
+    rgb = rng.integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    pts[2, 3] = np.nan
+    pts[4, 0, 1] = np.inf
+    out = write_ply(tmp_path / "sub" / "cloud.ply", pts, rgb)
+    assert out.read_bytes().startswith(b"ply\nformat binary_little_endian 1.0\n")
+    got_pts, got_rgb = read_ply(out)
+    keep = np.all(np.isfinite(pts.reshape(-1, 3)), axis=1)
+    assert got_pts.dtype == np.float32 and got_rgb.dtype == np.uint8 and len(got_pts) == 33
+    np.testing.assert_array_equal(got_pts, pts.reshape(-1, 3)[keep])
+    np.testing.assert_array_equal(got_rgb, rgb.reshape(-1, 3)[keep])
+    assert [p.name for p in out.parent.iterdir()] == ["cloud.ply"]  # atomic: no temporary left
+
+
+def test_ply_without_colours_and_float_colours(tmp_path):
+    pts = np.arange(12, dtype=np.float32).reshape(4, 3)
+    got_pts, got_rgb = read_ply(write_ply(tmp_path / "a.ply", pts))
+    np.testing.assert_array_equal(got_pts, pts)
+    assert got_rgb is None
+    _, got_rgb = read_ply(write_ply(tmp_path / "b.ply", pts, np.array([[0.0, 0.5, 1.0]] * 4)))
+    np.testing.assert_array_equal(got_rgb, [[0, 128, 255]] * 4)
+    (tmp_path / "c.ply").write_text("hello\n")
+    with pytest.raises(ValueError, match="not a PLY"):
+        read_ply(tmp_path / "c.ply")
+
+
+class TinyNet(torch.nn.Module):
+    """Image (B, 3, H, W) -> pointmap (B, 3, H, W), with batch norm to check eval mode is used."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 3, 3, padding=1),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class CallCounter(torch.nn.Module):
+    """Output depends on Python state that tracing bakes in as a constant: a broken export."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.conv(x) * float(self.calls)
+
+
+@pytest.fixture
+def net_and_example():
+    torch.manual_seed(0)
+    net = TinyNet()
+    net.net[1].running_mean.uniform_(-0.5, 0.5)
+    net.train()  # the export must switch to eval mode and restore training mode
+    return net, torch.rand(2, 3, 32, 40)
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load.*deprecated:FutureWarning")
+def test_torchscript_round_trip(tmp_path, net_and_example):
+    net, x = net_and_example
+    res = export_torchscript(net, x, tmp_path / "student.pt", atol=1e-5)
+    assert net.training
+    assert res.path == tmp_path / "student.pt" and res.path.exists() and res.format == "torchscript"
+    assert 0 < res.size_mb < 1 and res.max_abs_diff <= 1e-5
+    loaded = torch.jit.load(str(res.path))
+    x3 = torch.rand(3, 3, 32, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x3), net.eval()(x3), atol=1e-5, rtol=0)
+
+
+def test_onnx_round_trip_dynamic_batch(tmp_path, net_and_example):
+    ort = pytest.importorskip("onnxruntime")
+    net, x = net_and_example
+    res = export_onnx(net, x, tmp_path / "student.onnx", atol=1e-4)
+    assert net.training
+    assert res.path.exists() and res.format == "onnx" and 0 < res.size_mb < 1 and res.max_abs_diff <= 1e-4
+    session = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
+    x5 = torch.rand(5, 3, 32, 40)
+    (got,) = session.run(None, {"image": x5.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net.eval()(x5).numpy(), atol=1e-4, rtol=0)
+    assert [o.name for o in session.get_outputs()] == ["pointmap"]
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_mismatch_raises_and_leaves_no_file(tmp_path, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    export = export_torchscript if fmt == "torchscript" else export_onnx
+    path = tmp_path / f"broken.{fmt}"
+    with pytest.raises(ExportError, match="exceeds atol"):
+        export(CallCounter(), torch.rand(1, 3, 8, 8) + 0.5, path)
+    assert list(tmp_path.iterdir()) == []
