@@ -48,6 +48,23 @@ class TinyNet(torch.nn.Module):
         return self.net(x)
 
 
+class TinyAttention(torch.nn.Module):
+    """Patch tokens through nn.MultiheadAttention (as the ViT student), whose fused fast path has no ONNX op."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Conv2d(3, 16, 8, stride=8)
+        self.attn = torch.nn.MultiheadAttention(16, 4, batch_first=True)
+        self.out = torch.nn.ConvTranspose2d(16, 3, 8, stride=8)
+
+    def forward(self, x):
+        f = self.embed(x)
+        b, c, h, w = f.shape
+        t = f.flatten(2).transpose(1, 2)
+        t = t + self.attn(t, t, t, need_weights=False)[0]
+        return self.out(t.transpose(1, 2).reshape(b, c, h, w))
+
+
 class CallCounter(torch.nn.Module):
     """Output depends on Python state that tracing bakes in as a constant: a broken export."""
 
@@ -83,11 +100,15 @@ def test_torchscript_round_trip(tmp_path, net_and_example):
         torch.testing.assert_close(loaded(x3), net.eval()(x3), atol=1e-5, rtol=0)
 
 
-def test_onnx_round_trip_dynamic_batch(tmp_path, net_and_example):
+@pytest.mark.parametrize("arch", ["conv", "attention"])
+def test_onnx_round_trip_dynamic_batch(tmp_path, net_and_example, arch):
     ort = pytest.importorskip("onnxruntime")
     net, x = net_and_example
+    if arch == "attention":
+        net = TinyAttention().train()
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     res = export_onnx(net, x, tmp_path / "student.onnx", atol=1e-4)
-    assert net.training
+    assert net.training and torch.backends.mha.get_fastpath_enabled() == fastpath
     assert res.path.exists() and res.format == "onnx" and 0 < res.size_mb < 1 and res.max_abs_diff <= 1e-4
     session = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
     x5 = torch.rand(5, 3, 32, 40)
