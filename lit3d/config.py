@@ -159,6 +159,14 @@ def load_config(args: list[str] | None = None, **overrides: Any) -> FitConfig:
                               OmegaConf.from_dotlist(dotlist))
     except OmegaConfBaseException as e:
         raise ConfigError(str(e).splitlines()[0]) from None
+    cfg = _resolve(raw)
+    if experiment:
+        cfg.experiment = Path(experiment).stem
+    return cfg
+
+
+def _resolve(raw: DictConfig) -> FitConfig:
+    """Type ``raw`` (yaml/dot-list values) against the schema of the components it names."""
     for group in GROUPS:  # a bare string in a yaml (``student: vit``) is the same sugar
         if isinstance(raw.get(group), str):
             raw[group] = {"name": raw[group]}
@@ -175,31 +183,17 @@ def load_config(args: list[str] | None = None, **overrides: Any) -> FitConfig:
         key = getattr(e, "full_key", "") or ""
         msg = str(e).splitlines()[0]
         raise ConfigError(f"invalid value for '{key}': {msg}" if key else msg) from None
-    if experiment:
-        merged.experiment = Path(experiment).stem
-    cfg: FitConfig = OmegaConf.to_object(merged)
-    return cfg
-
-
+    return OmegaConf.to_object(merged)
 def to_yaml(cfg: FitConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
 def from_yaml(path: str | Path) -> FitConfig:
     """Load a resolved ``config.yaml`` written into a run directory."""
-    raw = OmegaConf.load(path)
-    flat = [f"{k}={v}" for k, v in _flatten(OmegaConf.to_container(raw)).items()]
-    return load_config(flat)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = "[" + ",".join(map(str, v)) + "]" if isinstance(v, list) else ("null" if v is None else v)
-    return out
+    try:
+        return _resolve(OmegaConf.load(path))
+    except OSError as e:
+        raise ConfigError(f"cannot read run config {path}: {e}") from None
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -38,7 +38,7 @@ class AlignConfig:
     use_known_intrinsics: bool = True
     """global: use the scene's intrinsics (focal and principal point) instead of solving one focal per image
     with the principal point at (W/2, H/2)."""
-    known_poses: str = "fixed"
+    known_pose_mode: str = "fixed"
     """global, when the scene has poses: ``fixed`` (known poses kept exactly, the rest solved, result in the
     dataset frame), ``anchor`` (solve every pose, then a Sim(3) fit of the camera centres to the known ones
     expresses the result in the dataset frame) or ``ignore`` (first camera at the origin, normalised scale)."""

@@ -35,7 +35,8 @@ def _rays(K_B33: torch.Tensor, uv_Q2: torch.Tensor) -> torch.Tensor:
 
 
 def _edge_views(inp: EdgeInputs, sol: Solution, k0: int, k1: int, device: torch.device):
-    """For edges k0:k1, each view's (image index, world points (e, Q, 3), weight (e, Q), conf (e, Q), 0 = masked)."""
+    """For edges k0:k1, each view's image index, world points (e, Q, 3), pixel weight log(conf) (e, Q), robust
+    weight of the view (e, 1) and confidence (e, Q) (0 = masked)."""
     d = inp.read(k0, k1)
     dev = dict(device=device, dtype=torch.float32)
     s = torch.as_tensor(sol.s_E[k0:k1], **dev)[:, None, None]
@@ -44,9 +45,9 @@ def _edge_views(inp: EdgeInputs, sol: Solution, k0: int, k1: int, device: torch.
     for col, side in ((0, "a"), (1, "b")):
         pts = torch.as_tensor(d[f"pts_{side}"], **dev)
         conf = torch.as_tensor(d[f"conf_{side}"], **dev)
-        w = conf_weight(conf) * torch.as_tensor(sol.side_weight_E2[k0:k1, col], **dev)[:, None]
+        side_w = torch.as_tensor(sol.side_weight_E2[k0:k1, col], **dev)[:, None]
         idx = torch.as_tensor(inp.edges_E2[k0:k1, col], device=device)
-        yield idx, torch.einsum("eij,eqj->eqi", sR, pts) + t, w, conf
+        yield idx, torch.einsum("eij,eqj->eqi", sR, pts) + t, conf_weight(conf), side_w, conf
 
 
 def fuse_dense(inp: EdgeInputs, sol: Solution, min_conf: float, chunk: int, device: torch.device) -> dict:
@@ -60,7 +61,8 @@ def fuse_dense(inp: EdgeInputs, sol: Solution, min_conf: float, chunk: int, devi
     t_N3 = torch.as_tensor(sol.cam2world_N44[:, :3, 3], **dev)
     acc = {k: torch.zeros(N, H * W, **dev) for k in ("num", "den", "conf_num", "conf_den")}
     for k0 in range(0, inp.n_edges, chunk):
-        for idx, Y, w, conf in _edge_views(inp, sol, k0, min(k0 + chunk, inp.n_edges), device):
+        for idx, Y, w, side_w, conf in _edge_views(inp, sol, k0, min(k0 + chunk, inp.n_edges), device):
+            w = w * side_w  # outlier views do not pull the fused depth
             q = torch.einsum("eji,eqj->eqi", R_N33[idx], Y - t_N3[idx][:, None])  # world -> camera of that image
             rq = (_rays(K[idx], uv_Q2) * q).sum(-1)
             acc["num"].index_add_(0, idx, w * rq)
@@ -78,8 +80,8 @@ def fuse_dense(inp: EdgeInputs, sol: Solution, min_conf: float, chunk: int, devi
     res_num, res_den = np.zeros(inp.n_edges), np.zeros(inp.n_edges)
     for k0 in range(0, inp.n_edges, chunk):
         k1 = min(k0 + chunk, inp.n_edges)
-        for idx, Y, w, _ in _edge_views(inp, sol, k0, k1, device):
-            w = w * valid[idx]
+        for idx, Y, w, _, _ in _edge_views(inp, sol, k0, k1, device):
+            w = w * valid[idx]  # residuals ignore the robust weights, so that outlier edges stand out
             res_num[k0:k1] += (w * torch.linalg.norm(Y - pts[idx], dim=-1)).sum(1).cpu().numpy()
             res_den[k0:k1] += w.sum(1).cpu().numpy()
     return {"pts_NHW3": pts.reshape(N, H, W, 3).float().cpu().numpy(),

@@ -36,7 +36,7 @@ def global_alignment(edges, pts_i, pts_j_in_i, conf_i, conf_j, known_poses=None,
     ``conf_i``/``conf_j`` (E, H, W) (weights log(conf)); numpy arrays, memory maps or tensors. ``known_poses``
     (N, 4, 4) camera-to-world, rows with NaN unknown; ``known_intrinsics`` (N, 3, 3), (N,) focals or one focal
     (principal point then (W/2, H/2)). ``metric``: predictions are in metres. ``options``: any
-    :class:`AlignConfig` field (``iterations``, ``lr``, ``n_pixels``, ``robust``, ``known_poses`` mode, ...).
+    :class:`AlignConfig` field (``iterations``, ``lr``, ``n_pixels``, ``robust``, ``known_pose_mode``, ...).
     Returns poses (N, 4, 4), ``focals_N``, world pointmaps (N, H, W, 3), confidences (N, H, W) and per-edge
     residuals as an :class:`AlignResult`.
     """
@@ -81,9 +81,9 @@ def _known_arrays(inp: EdgeInputs, known_poses, known_intrinsics, mode: str):
 def align_global(cfg: AlignConfig, inp: EdgeInputs, known_poses=None, known_intrinsics=None,
                  metric: bool = False) -> AlignResult:
     """Checked inputs -> :class:`AlignResult`; disconnected graphs per ``cfg.on_disconnected``."""
-    if cfg.known_poses not in KNOWN_POSE_MODES:
-        raise ValueError(f"align.known_poses: unknown mode {cfg.known_poses!r}; valid: {', '.join(KNOWN_POSE_MODES)}")
-    poses, K = _known_arrays(inp, known_poses, known_intrinsics, cfg.known_poses)
+    if cfg.known_pose_mode not in KNOWN_POSE_MODES:
+        raise ValueError(f"align.known_pose_mode: unknown mode {cfg.known_pose_mode!r}; valid: {', '.join(KNOWN_POSE_MODES)}")
+    poses, K = _known_arrays(inp, known_poses, known_intrinsics, cfg.known_pose_mode)
     labels = connected_components(inp.n_images, inp.edges_E2)
     in_edges = np.zeros(inp.n_images, bool)
     in_edges[inp.edges_E2.ravel()] = True
@@ -172,7 +172,7 @@ def _align_connected(cfg: AlignConfig, inp: EdgeInputs, poses, K, metric: bool) 
         log.warning("global alignment: masked %d non-finite predicted pixels in %d of %d edges",
                      smp.nonfinite, smp.nonfinite_edges, inp.n_edges)
     state = init_state(smp, inp.edges_E2, N, uv_NP2, (H, W), K, cfg.init_min_conf)
-    wa, wb = conf_weight(smp.conf_a_EP).double().numpy(), conf_weight(smp.conf_b_EP).double().numpy()
+    wa, wb = conf_weight(smp.conf_a_EP).numpy(), conf_weight(smp.conf_b_EP).numpy()
     w_NP = np.zeros((N, idx_NP.shape[1]))
     np.add.at(w_NP, inp.edges_E2[:, 0], wa)
     np.add.at(w_NP, inp.edges_E2[:, 1], wb)
@@ -183,7 +183,7 @@ def _align_connected(cfg: AlignConfig, inp: EdgeInputs, poses, K, metric: bool) 
     state = state.apply_sim3(1 / size, np.eye(3), -centre / size)
 
     known = np.zeros(N, bool) if poses is None else np.isfinite(poses).all(axis=(1, 2))
-    fixed = known if cfg.known_poses == "fixed" else np.zeros(N, bool)
+    fixed = known if cfg.known_pose_mode == "fixed" else np.zeros(N, bool)
     to_out = None  # (s, R, t) from the optimisation frame to the output frame, when known in advance
     if fixed.any():
         # move the init onto the known cameras, then optimise in that frame shifted and scaled to size ~1
@@ -191,15 +191,16 @@ def _align_connected(cfg: AlignConfig, inp: EdgeInputs, poses, K, metric: bool) 
         c_k, L_k = poses[fixed, :3, 3].mean(0), s  # the state has size 1, so the dataset size is s
         state = state.apply_sim3(s, R, t).apply_sim3(1 / L_k, np.eye(3), -c_k / L_k)
         state.R_N33[fixed], state.t_N3[fixed] = poses[fixed, :3, :3], (poses[fixed, :3, 3] - c_k) / L_k
-        A, B = smp.pts_a_EP3.double().numpy(), smp.pts_b_EP3.double().numpy()
-        state = fit_edges(state, A, B, wa, wb, inp.edges_E2, uv_NP2)
+        state = fit_edges(state, smp.pts_a_EP3.numpy(), smp.pts_b_EP3.numpy(), wa, wb, inp.edges_E2, uv_NP2)
         to_out = (L_k, np.eye(3), c_k)
     centres = poses[fixed, :3, 3] if fixed.any() else np.zeros((0, 3))
     scale_fixed = len(centres) >= 2 and np.ptp(centres, axis=0).max() > 1e-9 * (1 + np.abs(centres).max())
     ocfg = OptimConfig(cfg.iterations, cfg.lr, cfg.lr_min, cfg.schedule, cfg.robust, cfg.robust_scale,
                        free_focal=K is None, normalise_scale=not scale_fixed)
     t1 = time.perf_counter()
-    state, side_dist_E2, loss = optimise(state, smp, inp.edges_E2, uv_NP2, ~fixed, ocfg, device)
+    # small chunks stay in cache on a CPU; a GPU wants large launches
+    chunk = cfg.chunk_edges if device.type == "cpu" else 32 * cfg.chunk_edges
+    state, side_dist_E2, loss = optimise(state, smp, inp.edges_E2, uv_NP2, ~fixed, ocfg, device, chunk)
     t2 = time.perf_counter()
 
     frame, unit = "first_camera", "normalised"

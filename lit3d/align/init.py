@@ -17,6 +17,8 @@ from lit3d.geometry import umeyama_sim3
 log = logging.getLogger(__name__)
 MIN_INIT_PIXELS = 8
 """Edges with fewer pixels above ``init_min_conf`` are registered with every valid pixel instead."""
+CYCLE_TOL = 0.05
+"""Relative i -> j -> i cycle error of a pair beyond which its edges are demoted in the spanning tree."""
 
 
 @dataclass
@@ -92,6 +94,30 @@ def maximum_spanning_tree(n_images: int, edges_E2: np.ndarray, score_E: np.ndarr
     return np.asarray(tree, dtype=np.int64)
 
 
+def pair_consistency(A: np.ndarray, B: np.ndarray, wa: np.ndarray, wb: np.ndarray, edges_E2: np.ndarray,
+                     chunk: int = 512) -> np.ndarray:
+    """(E,) relative error of the cycle i -> j -> i through edge (i, j) and its reverse (j, i); NaN without one.
+
+    Each direction gives a similarity between the two camera frames (Umeyama of one image's own-frame points onto
+    the same pixels as the other edge predicts them); a confidently wrong pair breaks the cycle.
+    """
+    index = {(int(i), int(j)): e for e, (i, j) in enumerate(edges_E2)}
+    rev = np.array([index.get((int(j), int(i)), -1) for i, j in edges_E2])
+    err = np.full(len(edges_E2), np.nan)
+    todo = np.flatnonzero(rev >= 0)
+    for k0 in range(0, len(todo), chunk):
+        e = todo[k0:k0 + chunk]
+        r = rev[e]
+        s1, R1, t1 = umeyama_sim3(A[r], B[e], wa[r] * wb[e])  # frame j -> frame i
+        s2, R2, t2 = umeyama_sim3(A[e], B[r], wa[e] * wb[r])  # frame i -> frame j
+        p = A[e].astype(np.float64)
+        q = s2[:, None, None] * p @ R2.transpose(0, 2, 1) + t2[:, None]
+        q = s1[:, None, None] * q @ R1.transpose(0, 2, 1) + t1[:, None]
+        w = wa[e]
+        err[e] = (w * np.linalg.norm(q - p, axis=-1)).sum(1) / np.maximum((w * np.linalg.norm(p, axis=-1)).sum(1), 1e-12)
+    return err
+
+
 def estimate_focal(pts_P3: np.ndarray, uv_P2: np.ndarray, w_P: np.ndarray, centre_2: np.ndarray) -> float:
     """Least-squares focal (fx = fy) so that pixels = f * (x/z, y/z) + centre, for camera-frame points."""
     ok = (w_P > 0) & (pts_P3[:, 2] > 1e-9)
@@ -119,11 +145,17 @@ def init_state(smp: Samples, edges_E2: np.ndarray, n_images: int, uv_NP2: np.nda
                K_known_N33: np.ndarray | None, min_conf: float) -> State:
     """Spanning-tree initialisation (DUSt3R's ``init='mst'``): chain world pointmaps along the tree, then fit each
     camera (focal, pose, depth) to its own-frame prediction and each edge's similarity to the image points."""
-    A = smp.pts_a_EP3.double().numpy()
-    B = smp.pts_b_EP3.double().numpy()
-    ca, cb = smp.conf_a_EP.double().numpy(), smp.conf_b_EP.double().numpy()
+    A, B = smp.pts_a_EP3.numpy(), smp.pts_b_EP3.numpy()  # float32 views; fits run in float64 per edge
+    ca, cb = smp.conf_a_EP.numpy(), smp.conf_b_EP.numpy()
     wa, wb = conf_weight(ca), conf_weight(cb)
-    score_E = ca.mean(1) * cb.mean(1)
+    score_E = ca.mean(1, dtype=np.float64) * cb.mean(1, dtype=np.float64)
+    # pairs whose two directions disagree go last in the spanning tree: one wrong tree edge misplaces a subtree
+    cycle_E = pair_consistency(A, B, wa, wb, edges_E2)
+    bad = np.nan_to_num(cycle_E) > CYCLE_TOL
+    if bad.any():
+        log.info("global alignment init: %d of %d edges in pairs whose directions disagree by > %.0f%%",
+                 bad.sum(), len(bad), 100 * CYCLE_TOL)
+    score_E = score_E / (1 + (np.nan_to_num(cycle_E) / CYCLE_TOL) ** 2)
     # confident pixels only, unless an edge has too few of them
     wa_init, wb_init = np.where(ca > min_conf, wa, 0.0), np.where(cb > min_conf, wb, 0.0)
     few = ((wa_init > 0).sum(1) < MIN_INIT_PIXELS) | ((wb_init > 0).sum(1) < MIN_INIT_PIXELS)

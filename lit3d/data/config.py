@@ -13,9 +13,10 @@ class DataConfig:
     resolution: list[int] = field(default_factory=lambda: [96, 128])
     """(H, W) the loader delivers frames at (images resized, depth nearest, intrinsics scaled); labels live here."""
     stride: int = 1
-    """Keep every ``stride``-th frame (after sorting by name)."""
+    """Keep every ``stride``-th frame (after sorting by name; 7-Scenes: over all sequences in order)."""
     max_frames: int = 0
-    """Keep at most this many frames after striding (0 = all)."""
+    """Keep the first N frames after striding (0 = all); with an official split (7-Scenes, 12Scenes) this can
+    leave a split empty."""
     test_every: int = 8
     """Hold out every N-th frame for test where the dataset has no official split (0 = no test frames)."""
     val_every: int = 8
@@ -26,3 +27,12 @@ class DataConfig:
     """synthetic: number of rendered frames along the camera path."""
     seed: int = 0
     """synthetic: seed of the room layout, textures and camera path."""
+    intrinsics: str = ""
+    """folder, sevenscenes, images: path of a 3x3 K file (pixels, at the images' native size) that replaces the
+    format's default (folder: ``root/camera-intrinsics.txt``; sevenscenes: colour camera f = 525 px; images: from
+    ``hfov_deg``)."""
+    depth_scale: float = 1000.0
+    """folder: depth PNG units per metre (1000 = millimetres, as 7-Scenes/12Scenes; TUM RGB-D uses 5000)."""
+    hfov_deg: float = 60.0
+    """images: horizontal field of view (degrees) that sets the focal length when no ``intrinsics`` file is
+    given (principal point at the image centre); 60 deg is between a webcam's and a phone's main camera."""

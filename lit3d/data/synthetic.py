@@ -21,7 +21,7 @@ import numpy as np
 from lit3d.data import FORMATS
 from lit3d.data.config import DataConfig
 from lit3d.data.io import atomic_save_npz
-from lit3d.data.scene import Scene, split_every
+from lit3d.data.scene import Scene, SceneError, split_every
 from lit3d.geometry import look_at
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,8 @@ def synthetic_intrinsics(height: int, width: int) -> np.ndarray:
 @FORMATS.register("synthetic", DataConfig)
 def load_synthetic(cfg: DataConfig, cache_dir: Path) -> Scene:
     """Render (or read back from ``cache_dir/scenes``) the synthetic scene of ``cfg``."""
+    if cfg.num_frames < 1:
+        raise SceneError(f"synthetic scene has no frames (data.num_frames={cfg.num_frames})")
     H, W = cfg.resolution
     key = {"version": RENDERER_VERSION, "seed": cfg.seed, "num_frames": cfg.num_frames, "resolution": [H, W]}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]

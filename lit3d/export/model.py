@@ -99,7 +99,11 @@ def export_torchscript(
     try:
         with _eval_mode(model), _quiet_deprecations():
             ref = _outputs(model(example_B3HW))
-            traced = torch.jit.trace(model, example_B3HW, check_trace=False)
+            try:
+                traced = torch.jit.trace(model, example_B3HW, check_trace=False)
+            except Exception as e:  # untraceable forward (e.g. non-tensor outputs): name the model
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ExportError(f"TorchScript trace of {type(model).__name__} failed: {msg}") from e
             torch.jit.save(traced, str(tmp))
             loaded = torch.jit.load(str(tmp), map_location=example_B3HW.device)
             diff = _max_diff(ref, _outputs(loaded(example_B3HW)), "TorchScript")
@@ -126,6 +130,9 @@ def _onnx_export(model: torch.nn.Module, example_B3HW: torch.Tensor, path: Path,
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         torch.onnx.export(model, (example_B3HW,), str(path), **kwargs)
+    except Exception as e:  # unsupported operators etc.: name the model, keep the cause chained
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"ONNX export of {type(model).__name__} failed: {msg}") from e
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     return out_names

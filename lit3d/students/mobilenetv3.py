@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import timm
 import torch
@@ -28,7 +29,7 @@ class MobileNetV3Config(StudentConfig):
     """Keep the backbone's weights (and BatchNorm statistics) fixed; only the head trains."""
     feature_level: int = 3
     """Which feature map feeds the head: 0..4 = stride 2, 4, 8, 16, 32. Later blocks are dropped."""
-    head_width: int = 64
+    head_width: int = 32
     """Smallest channel width of the head's upsampling stages."""
 
 
@@ -36,7 +37,7 @@ class MobileNetV3Student(nn.Module):
     def __init__(self, cfg: MobileNetV3Config):
         super().__init__()
         self.cfg = cfg
-        self.backbone = _create_backbone(cfg)
+        self.backbone = _drop_unused_blocks(_create_backbone(cfg))
         info = self.backbone.feature_info
         self.head = ConvHead(info.channels()[-1], stride=info.reduction()[-1], width=cfg.head_width)
         self.mean, self.std = self.backbone.pretrained_cfg.get("mean"), self.backbone.pretrained_cfg.get("std")
@@ -59,6 +60,8 @@ def _create_backbone(cfg: MobileNetV3Config) -> nn.Module:
     if not cfg.pretrained:
         return timm.create_model(cfg.model_name, pretrained=False, **kwargs)
     if cfg.pretrained_file:
+        if not Path(cfg.pretrained_file).is_file():
+            raise FileNotFoundError(f"student.pretrained_file: {cfg.pretrained_file} not found")
         return timm.create_model(cfg.model_name, pretrained=True,
                                  pretrained_cfg_overlay=dict(file=cfg.pretrained_file), **kwargs)
     try:
@@ -69,6 +72,14 @@ def _create_backbone(cfg: MobileNetV3Config) -> nn.Module:
             f"({type(e).__name__}); download the timm weights file on a connected machine and pass "
             f"student.pretrained_file=PATH, or set student.pretrained=false"
         ) from None
+
+
+def _drop_unused_blocks(backbone: nn.Module) -> nn.Module:
+    """timm keeps the blocks after the last requested feature; they would never see a gradient (and break DDP)."""
+    last = max(getattr(backbone, "_stage_out_idx", {0}))
+    if getattr(backbone, "feature_hooks", None) is None and hasattr(backbone, "blocks"):
+        backbone.blocks = backbone.blocks[:last]
+    return backbone
 
 
 @STUDENTS.register("mobilenetv3", MobileNetV3Config)

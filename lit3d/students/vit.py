@@ -32,7 +32,7 @@ class ViTConfig(StudentConfig):
     """Hidden width of each block's MLP, as a multiple of ``latent_dim``."""
     dropout: float = 0.0
     """Dropout in the MLPs and on the embeddings."""
-    head_width: int = 64
+    head_width: int = 32
     """Smallest channel width of the head's upsampling stages."""
 
 

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from lit3d.teachers.dust3r import Dust3rNet, arch_from_hub_config, get_preset, load_into
 from lit3d.teachers.dust3r.checkpoint import CheckpointError
+from lit3d.teachers.dust3r.layers import apply_rope, patch_positions, rope_tables
 
 DOCS = Path(__file__).resolve().parents[2].parent / "shared" / "docs" / "dust3r"
 GOLDEN = DOCS / "golden"
@@ -59,6 +60,23 @@ def test_golden_conformance(name: str) -> None:
                         (pred1["pts3d"], "pred1_pts3d"), (pred1["conf"], "pred1_conf"),
                         (pred2["pts3d_in_other_view"], "pred2_pts3d_in_other_view"), (pred2["conf"], "pred2_conf")):
         assert_close(actual, io[key])
+
+
+def test_rope_matches_croco_formulation() -> None:
+    """At the positions of a 512x384 input (the golden inputs only reach 3x4 patches)."""
+    def rope1d(t: torch.Tensor, pos_BN: torch.Tensor, base: float = 100.0) -> torch.Tensor:
+        d = t.shape[-1]
+        inv_freq = 1.0 / base ** (torch.arange(0, d, 2).float() / d)
+        freqs = pos_BN.float()[..., None] * inv_freq
+        freqs = torch.cat([freqs, freqs], -1)[:, None]  # (B, 1, N, d)
+        rotated = torch.cat([-t[..., d // 2:], t[..., : d // 2]], -1)
+        return t * freqs.cos() + rotated * freqs.sin()
+
+    pos = patch_positions(2, 24, 32, "cpu")
+    t = torch.randn(2, 3, 24 * 32, 64, dtype=torch.float64)
+    y, x = t.chunk(2, dim=-1)
+    expected = torch.cat([rope1d(y, pos[..., 0]), rope1d(x, pos[..., 1])], -1)
+    torch.testing.assert_close(apply_rope(t, rope_tables(pos, 64, 100.0)), expected, rtol=1e-5, atol=1e-5)
 
 
 def tsv_state_dict(path: Path) -> dict[str, torch.Tensor]:

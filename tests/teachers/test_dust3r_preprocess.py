@@ -9,6 +9,7 @@ from PIL import Image
 
 from lit3d.geometry import project
 from lit3d.teachers.dust3r import dust3r_frame_transform, load_image
+from lit3d.teachers.dust3r.preprocess import grid_to_source, source_to_grid
 
 # (width, height) -> (width, height) at 512, from the contract (verified on the official code)
 SIZES_512 = {(640, 480): (512, 384), (1920, 1080): (512, 288), (1080, 1920): (288, 512), (3000, 2000): (512, 336),
@@ -39,6 +40,8 @@ def test_intrinsics_project_consistently(source: tuple[int, int], resolution: in
     (rh, rw), (top, left) = t.resized, t.crop[:2]
     expected = np.stack([(uv_src[:, 0] + 0.5) * rw / w - 0.5 - left, (uv_src[:, 1] + 0.5) * rh / h - 0.5 - top], -1)
     np.testing.assert_allclose(uv_out, expected, atol=1e-9)
+    np.testing.assert_allclose(source_to_grid(t, uv_src), expected, atol=1e-9)
+    np.testing.assert_allclose(grid_to_source(t, uv_out), uv_src, atol=1e-9)  # labels map back to the source
 
 
 @pytest.mark.parametrize("source, resolution", [((1920, 1080), 512), ((500, 300), 512), ((640, 480), 224)])

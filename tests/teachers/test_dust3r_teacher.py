@@ -108,3 +108,11 @@ def test_teacher_reproduces_golden_outputs(tmp_path: Path, name: str) -> None:
     manifest = teacher.manifest()
     assert manifest["random_init"] is False and manifest["arch"]["enc_embed_dim"] == 64
     assert manifest["checkpoint_sha256"] == hashlib.sha256((tmp_path / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_benchmark_row_and_table() -> None:
+    from lit3d.bench.teacher import format_table, run_one
+
+    row = run_one(tiny_teacher(), "tiny", (48, 64), "fp32", pairs=3, batch_size=2, warmup=0)
+    assert row.pairs == 4 and row.batch == 2 and row.seconds > 0 and row.peak_mb > 0
+    assert "tiny" in format_table([row]).splitlines()[2]

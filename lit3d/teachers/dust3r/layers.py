@@ -22,22 +22,26 @@ def patch_positions(batch: int, grid_h: int, grid_w: int, device: torch.device |
 def rope_tables(pos_BN2: Tensor, head_dim: int, base: float) -> Rope:
     """cos/sin tables of CroCo's RoPE2D: the first half of each head rotates with y, the second half with x.
 
-    Within a half of size D, channel pairs (k, k + D/2) rotate by pos / base^(2k/D), k < D/2. Computed in fp32
-    (bf16 angles would lose the position precision) and cast by :func:`apply_rope`.
+    Within a half of size D, channel pairs (k, k + D/2) rotate by pos / base^(2k/D), k < D/2. The sign of the
+    rotation is folded into ``sin`` (negative on the first channel of each pair), see :func:`apply_rope`.
+    Computed in fp32 (bf16 angles would lose the position precision) and cast when applied.
     """
     half = head_dim // 2
     inv_freq_Q = 1.0 / base ** (torch.arange(0, half, 2, device=pos_BN2.device, dtype=torch.float32) / half)
     angle_BN2Q = pos_BN2.float()[..., None] * inv_freq_Q
-    angle_BND = torch.cat([angle_BN2Q[:, :, 0], angle_BN2Q[:, :, 0], angle_BN2Q[:, :, 1], angle_BN2Q[:, :, 1]], -1)
-    return angle_BND.cos()[:, None], angle_BND.sin()[:, None]
+    angle_BN22Q = torch.stack([angle_BN2Q, angle_BN2Q], dim=-2)  # (axis, pair half, Q)
+    sign_22Q = torch.tensor([-1.0, 1.0], device=pos_BN2.device)[:, None].expand(2, 2, angle_BN2Q.shape[-1])
+    return angle_BN22Q.cos().flatten(-3)[:, None], (angle_BN22Q.sin() * sign_22Q).flatten(-3)[:, None]
 
 
 def apply_rope(t_BhND: Tensor, rope: Rope) -> Tensor:
-    """Rotate query/key channels (B, heads, N, head_dim) by their token's 2D position."""
-    cos, sin = (r.to(t_BhND.dtype) for r in rope)
-    t4 = t_BhND.unflatten(-1, (2, 2, -1))  # (axis y/x, half, Q): rotate_half within each axis
-    rotated = torch.stack((-t4[..., 1, :], t4[..., 0, :]), dim=-2).flatten(-3)
-    return t_BhND * cos + rotated * sin
+    """Rotate query/key channels (B, heads, N, head_dim) by their token's 2D position.
+
+    Per axis, with t = (a, b) halves: (a, b) -> (a cos - b sin, b cos + a sin), i.e. t * cos + swap(t) * signed sin.
+    """
+    cos, signed_sin = (r.to(t_BhND.dtype) for r in rope)
+    swapped = t_BhND.unflatten(-1, (2, 2, -1)).flip(-2).flatten(-3)
+    return t_BhND * cos + swapped * signed_sin
 
 
 class PatchEmbed(nn.Module):

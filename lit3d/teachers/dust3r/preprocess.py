@@ -40,6 +40,18 @@ def dust3r_frame_transform(height: int, width: int, resolution: int, patch_size:
     return FrameTransform((height, width), (h, w), (cy - half_h, cx - half_w, 2 * half_h, 2 * half_w))
 
 
+def source_to_grid(transform: FrameTransform, uv_N2: np.ndarray) -> np.ndarray:
+    """Source-frame pixel coordinates (u, v) -> continuous coordinates on the network grid (pixel centres)."""
+    (rh, rw), (sh, sw), (top, left) = transform.resized, transform.source, transform.crop[:2]
+    return np.stack([(uv_N2[..., 0] + 0.5) * rw / sw - 0.5 - left, (uv_N2[..., 1] + 0.5) * rh / sh - 0.5 - top], -1)
+
+
+def grid_to_source(transform: FrameTransform, uv_N2: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`source_to_grid`: where a network-grid pixel (labels live there) lies in the source."""
+    (rh, rw), (sh, sw), (top, left) = transform.resized, transform.source, transform.crop[:2]
+    return np.stack([(uv_N2[..., 0] + left + 0.5) * sw / rw - 0.5, (uv_N2[..., 1] + top + 0.5) * sh / rh - 0.5], -1)
+
+
 def normalize(img_B3HW: torch.Tensor) -> torch.Tensor:
     """RGB in [0, 1] -> DUSt3R's input range [-1, 1] (mean 0.5, std 0.5 per channel)."""
     return (img_B3HW - 0.5) / 0.5

@@ -6,6 +6,7 @@ network's grid by DUSt3R's official preprocessing (:meth:`DUSt3RTeacher.frame_tr
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -46,7 +47,7 @@ class Dust3rTeacherConfig(TeacherConfig):
     share_encoder: bool = True
     """Encode each distinct image of a batch (by idx_i / idx_j) once; off = one encoder pass per pair side."""
     enc_embed_dim: int = 0
-    """Architecture override (0 / empty = preset's): encoder width, channels."""
+    """Architecture override (0 / empty = preset's; a checkpoint's config.json wins): encoder width, channels."""
     enc_depth: int = 0
     """Architecture override: encoder blocks."""
     enc_num_heads: int = 0
@@ -102,8 +103,9 @@ class DUSt3RTeacher(Teacher):
         return dust3r_frame_transform(height, width, self.resolution, self.net.arch.patch_size)
 
     def manifest(self) -> dict:
-        arch = asdict(self.net.arch)
-        arch["dpt_layer_dims"] = list(arch["dpt_layer_dims"])
+        # plain-JSON values: lists for tuples, strings for infinities (JSON has no inf)
+        arch = {k: list(v) if isinstance(v, tuple) else str(v) if v in (math.inf, -math.inf) else v
+                for k, v in asdict(self.net.arch).items()}
         return {"name": "dust3r", "preset": self.cfg.preset, "arch": arch, "resolution": self.resolution,
                 "amp": self.cfg.amp, **self._weights}
 

@@ -1,0 +1,1 @@
+"""Figures and interactive views of pointmaps, training curves and localization errors."""

@@ -1,0 +1,253 @@
+"""Global alignment: exact and noisy recovery, known quantities, anchoring, no collapse, bad inputs, scale."""
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from lit3d.align import AlignConfig, align_predictions, global_alignment
+from lit3d.align.global_alignment import fit_sim3_to_poses
+from lit3d.align.init import State
+from lit3d.align.inputs import Samples
+from lit3d.align.optimize import EdgeLoss, Objective, OptimConfig, robust_rho, so3_exp
+from lit3d.align.synthetic import make_predictions, make_scene, scene_graph
+from lit3d.geometry import umeyama_sim3
+
+H, W = 24, 32
+FAST = dict(iterations=100, n_pixels=256)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # the CPU is shared: one thread avoids OpenMP oversubscription, which is many times slower than one core
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def case(n: int = 6, graph: str = "complete", noise: float = 0.0, seed: int = 0, **kw):
+    scene = make_scene(n, H, W, seed=seed)
+    edges = scene_graph(n, graph)
+    return scene, edges, make_predictions(scene, edges, noise=noise, seed=seed + 1, **kw)
+
+
+def run(edges, pred, **options):
+    return global_alignment(edges, pred["pts_i"], pred["pts_j_in_i"], pred["conf_i"], pred["conf_j"], **options)
+
+
+def centre_errors(scene, cam2world_N44, sim3: bool = True) -> np.ndarray:
+    """Camera-centre errors relative to the scene size, after a Sim(3) fit when ``sim3``."""
+    est, true = cam2world_N44[:, :3, 3], scene.cam2world_N44[:, :3, 3]
+    if sim3:
+        s, R, t = umeyama_sim3(est, true)
+        est = s * est @ R.T + t
+    return np.linalg.norm(est - true, axis=1) / scene.scene_size
+
+
+def test_umeyama_recovers_a_similarity():
+    rng = np.random.default_rng(0)
+    src = rng.normal(size=(2, 50, 3))
+    R = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    R *= np.linalg.det(R)
+    dst = 2.5 * src @ R.T + np.array([1.0, -2.0, 0.5])
+    s, R_est, t = umeyama_sim3(src, dst, rng.uniform(0.5, 1, (2, 50)))
+    np.testing.assert_allclose(s, [2.5, 2.5], rtol=1e-10)
+    np.testing.assert_allclose(R_est, np.stack([R, R]), atol=1e-10)
+    s_t, R_t, _ = umeyama_sim3(torch.as_tensor(src[0]), torch.as_tensor(dst[0]))
+    assert isinstance(R_t, torch.Tensor) and abs(float(s_t) - 2.5) < 1e-9
+
+
+def test_exact_recovery_on_noiseless_predictions():
+    scene, edges, pred = case(6, "complete")
+    res = run(edges, pred)  # default settings
+    assert centre_errors(scene, res.cam2world_N44).max() < 1e-4
+    assert res.frame == "first_camera" and res.unit == "normalised"
+    np.testing.assert_allclose(res.cam2world_N44[0], np.eye(4), atol=1e-9)
+    np.testing.assert_allclose(res.focals_N, scene.K_33[0, 0], rtol=1e-4)
+    # relative rotations are exact too
+    R_est, R_true = res.cam2world_N44[:, :3, :3], scene.cam2world_N44[:, :3, :3]
+    np.testing.assert_allclose(R_est[0].T @ R_est[3], R_true[0].T @ R_true[3], atol=1e-4)
+    # dense points: true points after the camera-centre Sim(3)
+    s, R, t = umeyama_sim3(res.cam2world_N44[:, :3, 3], scene.cam2world_N44[:, :3, 3])
+    pts = s * res.pts_world_NHW3.astype(np.float64) @ R.T + t
+    err = np.linalg.norm(pts - np.stack([scene.world_points(k) for k in range(6)]), axis=-1)
+    assert res.valid_NHW.all() and err.max() / scene.scene_size < 1e-4
+    assert res.residual < 1e-4 and res.edge_residual_E.shape == (len(edges),)
+
+
+def test_one_percent_noise_keeps_cameras_within_one_percent():
+    scene, edges, pred = case(10, "swin-2", noise=0.01)
+    res = run(edges, pred, **FAST)
+    assert centre_errors(scene, res.cam2world_N44).max() < 0.01
+    assert res.conf_NHW.shape == (10, H, W) and res.pts_world_NHW3.dtype == np.float32
+
+
+def test_known_poses_are_kept_exactly_and_anchor_the_metric_frame():
+    scene, edges, pred = case(6, "complete", noise=0.01)
+    known = np.full((6, 4, 4), np.nan)
+    known[[0, 2, 5]] = scene.cam2world_N44[[0, 2, 5]]
+    res = run(edges, pred, known_poses=known, **FAST)
+    assert np.array_equal(res.cam2world_N44[[0, 2, 5]], scene.cam2world_N44[[0, 2, 5]])
+    assert res.frame == "dataset" and res.unit == "m"
+    assert centre_errors(scene, res.cam2world_N44, sim3=False).max() < 0.01  # no Sim(3): already metric
+    true = np.stack([scene.world_points(k) for k in range(6)])
+    err = np.linalg.norm(res.pts_world_NHW3 - true, axis=-1)[res.valid_NHW]
+    assert np.median(err) / scene.scene_size < 0.01
+
+
+def test_all_poses_known_and_known_intrinsics():
+    scene, edges, pred = case(5, "complete")
+    K = np.tile(scene.K_33, (5, 1, 1))
+    res = run(edges, pred, known_poses=scene.cam2world_N44, known_intrinsics=K, **FAST)
+    assert np.array_equal(res.cam2world_N44, scene.cam2world_N44)
+    np.testing.assert_array_equal(res.focals_N, scene.K_33[0, 0])
+    err = np.linalg.norm(res.pts_world_NHW3 - np.stack([scene.world_points(k) for k in range(5)]), axis=-1)
+    assert err.max() / scene.scene_size < 1e-4
+
+
+def test_anchor_mode_fits_the_estimate_to_the_known_centres():
+    scene, edges, pred = case(6, "complete", noise=0.01)
+    res = run(edges, pred, known_poses=scene.cam2world_N44, known_pose_mode="anchor", **FAST)
+    assert res.frame == "dataset" and res.unit == "m"
+    assert not np.array_equal(res.cam2world_N44, scene.cam2world_N44)  # solved, then anchored
+    assert centre_errors(scene, res.cam2world_N44, sim3=False).max() < 0.01
+
+
+def test_fit_sim3_to_two_poses_uses_orientations():
+    rng = np.random.default_rng(1)
+    R_est = np.stack([np.linalg.qr(rng.normal(size=(3, 3)))[0] for _ in range(2)])
+    R_est *= np.linalg.det(R_est)[:, None, None]
+    t_est = rng.normal(size=(2, 3))
+    R = so3_exp(torch.tensor([[0.3, -0.2, 0.5]], dtype=torch.float64))[0].numpy()
+    s, R_fit, t_fit = fit_sim3_to_poses(R_est, t_est, R @ R_est, 2.0 * t_est @ R.T + 1.0)
+    assert abs(s - 2.0) < 1e-9 and np.allclose(R_fit, R) and np.allclose(t_fit, 1.0)
+
+
+def _objective(normalise: bool) -> tuple[Objective, State]:
+    rng = np.random.default_rng(0)
+    N, E, P = 3, 4, 16
+    state = State(np.tile(np.eye(3), (N, 1, 1)), rng.normal(size=(N, 3)), rng.uniform(1, 2, (N, P)),
+                  np.tile(np.diag([30.0, 30.0, 1.0]), (N, 1, 1)), rng.uniform(0.5, 2, E),
+                  np.tile(np.eye(3), (E, 1, 1)), rng.normal(size=(E, 3)))
+    smp = Samples(torch.randn(E, P, 3), torch.randn(E, P, 3), torch.rand(E, P) * 5 + 1, torch.rand(E, P) * 5 + 1,
+                  1.0, 0, 0)
+    edges = np.array([[0, 1], [1, 2], [2, 0], [1, 0]])
+    cfg = OptimConfig(10, 0.01, 1e-6, "cosine", "none", 0.02, free_focal=True, normalise_scale=normalise)
+    return Objective(state, smp, edges, rng.uniform(0, 32, (N, P, 2)), np.ones(N, bool), cfg,
+                     torch.device("cpu"), chunk=3), state
+
+
+def test_collapse_to_zero_is_impossible():
+    for normalise in (False, True):
+        obj, state = _objective(normalise)
+        loss = float(obj())
+        with torch.no_grad():  # shrink the whole solution towards the origin
+            obj.log_depth_NP -= 20.0
+            obj.log_scale_E -= 20.0
+            obj.t0_N3 *= np.exp(-20.0)
+            obj.t0_E3 *= np.exp(-20.0)
+        collapsed = float(obj())
+        if normalise:  # the edge scales' geometric mean is pinned, so shrinking cannot lower the loss to zero
+            assert collapsed > 0.1 * loss
+            assert abs(float(obj.edge_scale().log().mean()) - np.log(state.s_E).mean()) < 1e-5
+        else:  # without the normalisation the trivial solution exists
+            assert collapsed < 1e-6 * loss
+
+
+@pytest.mark.parametrize("robust", ["none", "cauchy"])
+def test_hand_written_gradient_matches_autograd(robust):
+    obj, _ = _objective(True)
+    obj.cfg.robust = robust
+    X, _, _ = obj.image_points()
+    M, t = obj.edge_transforms()
+    X, M, t = (v.detach().requires_grad_() for v in (X, M, t))
+    EdgeLoss.apply(X, M, t, obj).backward()
+    ref = 0
+    for pts, w, img in ((obj.A, obj.wa, obj.i_E), (obj.B, obj.wb, obj.j_E)):
+        d = torch.linalg.vector_norm(X[img] - (M @ pts + t[:, :, None]), dim=1)
+        ref = ref + (w * robust_rho(d, robust, obj.cfg.robust_scale)).sum()
+    grads = torch.autograd.grad(ref, (X, M, t))
+    for a, b in zip((X.grad, M.grad, t.grad), grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_robust_loss_resists_outlier_pairs():
+    scene, edges, pred = case(10, "swin-3", noise=0.01, n_outliers=4)
+    res = run(edges, pred, robust="cauchy", **FAST)
+    assert centre_errors(scene, res.cam2world_N44).max() < 0.01
+    # residuals ignore robust weights: outlier edges stand out
+    assert res.edge_residual_E[pred["outlier_E"]].min() > 5 * np.median(res.edge_residual_E)
+
+
+def test_disconnected_graph_error_names_the_components():
+    _, edges, pred = case(8, "complete")
+    keep = (edges < 4).all(1) | (edges >= 4).all(1)
+    sub = {k: v[keep] for k, v in pred.items() if k.startswith(("pts", "conf"))}
+    with pytest.raises(ValueError, match=r"not connected: 2 components of images \[0-3; 4-7\]") as err:
+        run(edges[keep], sub)
+    assert "\n" not in str(err.value)
+    res = run(edges[keep], sub, on_disconnected="components", **FAST)
+    assert list(res.component_N) == [0, 0, 0, 0, 1, 1, 1, 1]
+    np.testing.assert_allclose(res.cam2world_N44[[0, 4]], np.stack([np.eye(4)] * 2), atol=1e-9)
+
+
+def test_non_finite_predictions_are_masked_and_counted(caplog):
+    scene, edges, pred = case(5, "complete")
+    pred["pts_i"][3, 2:4, 5] = np.nan
+    pred["pts_j_in_i"][7, 0, :3] = np.inf
+    pred["conf_j"][9, 10, 10] = np.nan
+    with caplog.at_level(logging.WARNING):
+        res = run(edges, pred, **FAST)
+    assert res.stats["nonfinite_pixels"] == 6 and res.stats["nonfinite_edges"] == 3
+    assert "masked 6 non-finite predicted pixels in 3 of 20 edges" in caplog.text
+    assert np.isfinite(res.pts_world_NHW3).all() and np.isfinite(res.cam2world_N44).all()
+    assert centre_errors(scene, res.cam2world_N44).max() < 1e-3
+
+
+def test_mismatched_shapes_give_one_line_errors():
+    _, edges, pred = case(4, "complete")
+    args = [edges, pred["pts_i"], pred["pts_j_in_i"], pred["conf_i"], pred["conf_j"]]
+    bad = {1: pred["pts_i"][:, :, :-1], 2: pred["pts_j_in_i"][:-1], 3: pred["conf_i"][..., None],
+           0: edges[:, :1]}
+    for pos, value in bad.items():
+        with pytest.raises(ValueError) as err:
+            global_alignment(*[value if k == pos else a for k, a in enumerate(args)])
+        assert "\n" not in str(err.value) and "shape" in str(err.value)
+    with pytest.raises(ValueError, match="known_poses has shape"):
+        global_alignment(*args, known_poses=np.eye(4)[None])
+    with pytest.raises(ValueError, match="with itself"):
+        global_alignment(np.array([[0, 0]] * len(edges)), *args[1:])
+    with pytest.raises(TypeError, match="unknown option"):
+        global_alignment(*args, iteration=3)
+
+
+def test_torch_inputs_and_confident_sampling():
+    scene, edges, pred = case(5, "complete")
+    t = {k: torch.as_tensor(v) for k, v in pred.items() if k.startswith(("pts", "conf"))}
+    res = run(edges, t, sampling="confident", **FAST)
+    assert centre_errors(scene, res.cam2world_N44).max() < 1e-3
+
+
+def test_pipeline_entry_uses_scene_intrinsics_and_poses_and_skips_frames_without_edges():
+    scene, edges, pred = case(5, "complete", scale_range=(1.0, 1.0))
+    pred["valid_i"] = np.ones(pred["conf_i"].shape, bool)
+    pred["valid_j"] = pred["valid_i"]
+    K = np.tile(scene.K_33, (6, 1, 1))
+    poses = np.concatenate([scene.cam2world_N44, np.eye(4)[None]])  # frame 5 is in no edge
+    cfg = AlignConfig(method="global", iterations=50, n_pixels=256)
+    res = align_predictions(cfg, edges, pred, 6, K, poses, metric=True)
+    assert res.frame == "dataset" and res.unit == "m"
+    assert np.array_equal(res.cam2world_N44, poses) and not res.valid_NHW[5].any()
+    res = align_predictions(cfg, edges, pred, 6, K, None, metric=True)
+    assert res.frame == "first_camera" and res.unit == "m"  # metric teacher: edge scales stay ~1
+    assert np.allclose(res.edge_scale_E, 1.0, rtol=1e-3)
+    with pytest.raises(ValueError, match="valid methods: known_poses, global"):
+        align_predictions(AlignConfig(method="nope"), edges, pred, 6, K)
+
+
+@pytest.mark.slow
+def test_hundreds_of_images_on_a_sparse_graph():
+    scene, edges, pred = case(300, "swin-3", noise=0.01)
+    res = run(edges, pred, n_pixels=256)
+    assert centre_errors(scene, res.cam2world_N44).max() < 0.01

@@ -1,0 +1,135 @@
+"""``folder`` loader (the shared 7-Scenes sample's flat layout) on generated frames."""
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import N_FRAMES, make_folder, write_pose
+from lit3d.data import DataConfig, SceneError, load_scene
+from lit3d.data.synthetic import synthetic_intrinsics
+from lit3d.geometry import scale_intrinsics
+
+
+def load(root, **kw):
+    return load_scene(DataConfig(format="folder", root=str(root), **{"resolution": [24, 32], **kw}))
+
+
+@pytest.mark.parametrize("ext", ["jpg", "png"])
+def test_loads_at_native_and_other_resolutions(tmp_path, renders, ext):
+    root = make_folder(tmp_path / "f", renders, ext)
+    scene = load(root, test_every=4, val_every=0)
+    assert scene.name == "folder/f" and scene.frame_names[1] == "frame-000010"
+    np.testing.assert_array_equal(scene.split["test"], [2, 6])
+    np.testing.assert_allclose(scene.cam2world_N44, renders["poses"], atol=1e-8)
+    np.testing.assert_allclose(scene.read_depth(3), renders["small_depths"][3], atol=1e-3)  # mm PNG
+    if ext == "png":
+        np.testing.assert_array_equal(scene.read_image(3), renders["small_images"][3])
+    half = load(root, resolution=[12, 16])
+    np.testing.assert_allclose(half.K_N33[0], scale_intrinsics(synthetic_intrinsics(24, 32), 0.5, 0.5))
+    np.testing.assert_array_equal(half.read_depth(3), scene.read_depth(3)[1::2, 1::2])  # nearest: pixel centres
+    assert half.read_image(3).shape == (12, 16, 3)
+
+
+def test_split_by_test_frames_stride_and_max_frames(frame_folder, caplog):
+    scene = load(frame_folder, test_frames=["frame-000020", "frame-000050", "frame-999999"], val_every=3)
+    np.testing.assert_array_equal(scene.split["test"], [2, 5])
+    np.testing.assert_array_equal(scene.split["val"], [4])  # every 3rd of 0 1 3 4 6 7, skipping the first
+    assert "frame-999999" in caplog.text
+    scene = load(frame_folder, stride=3, max_frames=2)
+    assert scene.frame_names == ["frame-000000", "frame-000030"]
+
+
+def test_without_poses_or_depth(frame_folder):
+    for f in frame_folder.glob("*.pose.txt"):
+        f.unlink()
+    for f in frame_folder.glob("*.depth.png"):
+        f.unlink()
+    scene = load(frame_folder)
+    assert not scene.has_poses and not scene.has_depth and not scene.metric
+
+
+def test_some_frames_without_pose(frame_folder):
+    (frame_folder / "frame-000030.pose.txt").unlink()
+    with pytest.raises(SceneError, match="missing") as e:
+        load(frame_folder)
+    assert str(frame_folder / "frame-000030.pose.txt") in str(e.value)
+
+
+@pytest.mark.parametrize("text", ["inf 0 0 0\n0 1 0 0\n0 0 1 0\n0 0 0 1\n", "NaN " * 16, "1 0 0\n0 1 0\n0 0 1\n"])
+def test_bad_pose(frame_folder, text):
+    path = frame_folder / "frame-000040.pose.txt"
+    path.write_text(text)
+    with pytest.raises(SceneError) as e:
+        load(frame_folder)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text", ["585 0 320 0 585 240 0 0 1 0 0 0", "585 0 320\n0 585 240\n", "a b c\nd e f\ng h i\n"])
+def test_intrinsics_not_3x3(frame_folder, text):
+    path = frame_folder / "camera-intrinsics.txt"
+    path.write_text(text)
+    with pytest.raises(SceneError) as e:
+        load(frame_folder)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_intrinsics(frame_folder):
+    (frame_folder / "camera-intrinsics.txt").unlink()
+    with pytest.raises(SceneError, match="not found") as e:
+        load(frame_folder)
+    assert str(frame_folder / "camera-intrinsics.txt") in str(e.value)
+
+
+def test_depth_wrong_size_or_type(frame_folder):
+    path = frame_folder / "frame-000010.depth.png"
+    Image.fromarray(np.ones((12, 16), np.uint16)).save(path)
+    scene = load(frame_folder)
+    with pytest.raises(SceneError, match="32x24") as e:
+        scene.read_depth(1)
+    assert str(path) in str(e.value)
+    Image.fromarray(np.ones((24, 32), np.uint8)).save(path)  # an 8-bit PNG
+    with pytest.raises(SceneError, match="uint16") as e:
+        scene.read_depth(1)
+    assert str(path) in str(e.value)
+
+
+def test_truncated_jpeg(frame_folder):
+    path = frame_folder / "frame-000070.color.jpg"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 50])
+    scene = load(frame_folder)
+    with pytest.raises(SceneError, match="truncated") as e:
+        scene.read_image(7)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_no_frames(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("hello")
+    with pytest.raises(SceneError, match="no frames") as e:
+        load(tmp_path / "empty")
+    assert str(tmp_path / "empty") in str(e.value)
+    with pytest.raises(SceneError, match="not found") as e:
+        load(tmp_path / "absent")
+    assert "absent" in str(e.value)
+
+
+def test_metadata_of_1000_frames_loads_in_under_a_second(tmp_path, renders):
+    """Only file names, poses, the intrinsics and one image header are read; images stay on disk."""
+    src = make_folder(tmp_path / "src", renders)
+    root = tmp_path / "big"
+    root.mkdir()
+    color, depth = (src / "frame-000000.color.jpg").read_bytes(), (src / "frame-000000.depth.png").read_bytes()
+    shutil.copy(src / "camera-intrinsics.txt", root)
+    for k in range(1000):
+        (root / f"frame-{k:06d}.color.jpg").write_bytes(color)
+        (root / f"frame-{k:06d}.depth.png").write_bytes(depth)
+        write_pose(root / f"frame-{k:06d}.pose.txt", renders["poses"][k % N_FRAMES])
+    t0 = time.perf_counter()
+    scene = load(root)
+    seconds = time.perf_counter() - t0
+    assert len(scene) == 1000 and seconds < 1.0, f"{seconds:.2f} s"

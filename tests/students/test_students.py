@@ -1,0 +1,74 @@
+"""Every registered student, as timm tests its models: shape, finiteness, gradients, size; and learning."""
+import pytest
+import torch
+
+from lit3d.config import load_config
+from lit3d.students import STUDENTS, create_student, model_size
+
+SMALL = {
+    "vanilla_cnn": ["student.channels=[8,8,16,16,32,32]"],
+    "mobilenetv3": ["student.pretrained=false"],
+    "vit": ["student.depth=2", "student.num_heads=4", "student.latent_dim=64", "student.patch_size=16"],
+}
+
+
+@pytest.mark.parametrize("name", STUDENTS.names())
+def test_student_forward_backward(name):
+    torch.manual_seed(0)
+    cfg = load_config([f"student={name}", *SMALL.get(name, [])])
+    size = (40, 56)  # not a multiple of the patch size or the backbone stride
+    model = create_student(cfg.student, size)
+    out = model(torch.rand(2, 3, *size))
+    assert out.shape == (2, 3, *size)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}: {pname} gets no gradient"
+    info = model_size(model)
+    assert info["params"] == sum(p.numel() for p in model.parameters())
+    assert info["size_mb"] >= info["params"] * 4 / 2**20
+
+
+def test_frozen_backbone_trains_only_the_head():
+    cfg = load_config(["student=mobilenetv3", "student.pretrained=false", "student.freeze_backbone=true"])
+    model = create_student(cfg.student, (32, 32)).train()
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
+    bn = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    model(torch.rand(2, 3, 32, 32))
+    assert not bn.training and torch.equal(bn.running_mean, before)
+
+
+def test_pretrained_without_weights_fails_fast_with_instructions(tmp_path):
+    cfg = load_config(["student=mobilenetv3", "student.pretrained=true",
+                       f"student.pretrained_file={tmp_path / 'missing.safetensors'}"])
+    with pytest.raises(Exception, match="student.pretrained_file: .*missing.safetensors not found"):
+        create_student(cfg.student, (32, 32))
+
+
+def test_vit_rejects_heads_that_do_not_divide_the_width():
+    cfg = load_config(["student=vit", "student.latent_dim=30", "student.num_heads=4"])
+    with pytest.raises(ValueError, match="not divisible"):
+        create_student(cfg.student, (32, 32))
+
+
+def test_student_overfits_a_single_image():
+    """A student can memorise one image's world points: the loss falls by orders of magnitude."""
+    torch.manual_seed(0)
+    cfg = load_config(["student=vit", "student.depth=2", "student.latent_dim=64", "student.num_heads=4",
+                       "student.patch_size=8"])
+    model = create_student(cfg.student, (24, 32))
+    image = torch.rand(1, 3, 24, 32)
+    v, u = torch.meshgrid(torch.linspace(-1, 1, 24), torch.linspace(-1, 1, 32), indexing="ij")
+    target = torch.stack([u, v, 0.5 * u * v + 1], 0)[None]  # a smooth curved surface
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    first = None
+    for step in range(300):
+        loss = (model(image) - target).square().mean()
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first / 100
+    assert loss.item() < 1e-3
