@@ -25,8 +25,8 @@ class AlignConfig:
     """global: pixels per image the optimisation runs on (0 = every pixel); dense pointmaps are then fused in
     closed form from the solved poses, focals and edge similarities."""
     sampling: str = "grid"
-    """global: which pixels: ``grid`` (a regular grid, the same in every image) or ``confident`` (the most
-    confident pixels of each image, by mean confidence over its edges)."""
+    """global: which pixels: ``grid`` (the centres of a regular grid of cells, the same in every image) or
+    ``confident`` (in each cell the pixel with the highest summed log-confidence over the image's edges)."""
     robust: str = "none"
     """global: per-pixel loss on the 3-D distance: ``none`` (plain distance, DUSt3R's L1 norm) or ``cauchy``
     (down-weights points of outlier pairs; also down-weights outlier edges in the dense fusion)."""

@@ -127,21 +127,28 @@ def sample_pixels(inp: EdgeInputs, n_pixels: int, mode: str, chunk: int) -> np.n
     H, W = inp.hw
     if n_pixels <= 0 or n_pixels >= H * W:
         return np.broadcast_to(np.arange(H * W), (inp.n_images, H * W)).copy()
-    if mode == "grid":
-        f = np.sqrt(n_pixels / (H * W))
-        rows = ((np.arange(max(1, round(H * f))) + 0.5) * H / max(1, round(H * f))).astype(np.int64)
-        cols = ((np.arange(max(1, round(W * f))) + 0.5) * W / max(1, round(W * f))).astype(np.int64)
-        flat = (rows[:, None] * W + cols[None, :]).ravel()
-        return np.broadcast_to(flat, (inp.n_images, len(flat))).copy()
-    if mode != "confident":
+    if mode not in ("grid", "confident"):
         raise ValueError(f"align.sampling: unknown mode {mode!r}; valid: grid, confident")
-    total = np.zeros((inp.n_images, H * W), np.float32)
+    f = np.sqrt(n_pixels / (H * W))
+    rows, cols = max(1, round(H * f)), max(1, round(W * f))
+    if mode == "grid":  # cell centres
+        flat = (((np.arange(rows) + 0.5) * H / rows).astype(np.int64)[:, None] * W
+                + ((np.arange(cols) + 0.5) * W / cols).astype(np.int64)[None, :]).ravel()
+        return np.broadcast_to(flat, (inp.n_images, len(flat))).copy()
+    # confident: the best pixel of every grid cell, so the samples still cover the whole image
+    total = np.zeros((inp.n_images, H * W + 1), np.float32)
+    total[:, -1] = -np.inf  # padding slot
     for k0 in range(0, inp.n_edges, chunk):
         d = inp.read(k0, min(k0 + chunk, inp.n_edges))
-        np.add.at(total, inp.edges_E2[k0:k0 + chunk, 0], conf_weight(d["conf_a"]))
-        np.add.at(total, inp.edges_E2[k0:k0 + chunk, 1], conf_weight(d["conf_b"]))
-    top = np.argpartition(-total, n_pixels - 1, axis=1)[:, :n_pixels]
-    return np.sort(top, axis=1)
+        np.add.at(total, inp.edges_E2[k0:k0 + chunk, 0], np.pad(conf_weight(d["conf_a"]), ((0, 0), (0, 1))))
+        np.add.at(total, inp.edges_E2[k0:k0 + chunk, 1], np.pad(conf_weight(d["conf_b"]), ((0, 0), (0, 1))))
+    cell = ((np.arange(H) * rows // H)[:, None] * cols + (np.arange(W) * cols // W)[None, :]).ravel()
+    order = np.argsort(cell, kind="stable")
+    sizes = np.bincount(cell, minlength=rows * cols)
+    table = np.full((rows * cols, sizes.max()), H * W)  # (cells, pixels of the cell), padded
+    table[np.repeat(np.arange(rows * cols), sizes), np.arange(H * W) - np.repeat(np.cumsum(sizes) - sizes, sizes)] = order
+    best = total[:, table].argmax(-1)  # (N, cells)
+    return np.sort(table[np.arange(rows * cols)[None, :], best], axis=1)
 
 
 @dataclass

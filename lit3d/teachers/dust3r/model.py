@@ -49,6 +49,15 @@ class Dust3rNet(nn.Module):
         w = self.patch_embed.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.mask_token, std=0.02)
+        # a random head points anywhere; bias z > 0 so that random-weight labels lie in front of the cameras
+        # and the stages after the teacher (alignment, training) get usable input
+        p2 = self.arch.patch_size**2
+        for head in (self.downstream_head1, self.downstream_head2):
+            with torch.no_grad():
+                if hasattr(head, "dpt"):
+                    head.dpt.head[-1].bias[2] = 1.0
+                else:  # channel c of pixel k is output c * p^2 + k (pixel shuffle)
+                    head.proj.bias[2 * p2: 3 * p2] = 1.0
         return self
 
     def encode(self, img_B3HW: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,408 @@
+"""``python -m lit3d.evaluate RUN_DIR [checkpoint=best|last|PATH] [option=value ...] [key=value ...]``.
+
+Scores a trained student on the test frames of its label cache: point errors against the teacher's labels and,
+where the scene has depth and poses, of teacher and student against the ground truth; camera localization by
+PnP-RANSAC from the student's points and, as the reference, from the teacher's labels. Writes into the run
+directory: ``metrics.json`` (fit's keys kept; ``eval/*``, ``loc/*``, ``loc_teacher/*``, ``export/*`` replaced),
+``eval_frames.csv`` (one row per frame), figures (``eval_frames.png``, ``eval_loc_cdf_t.png``,
+``eval_loc_cdf_r.png``, ``eval_pointclouds.html``) and ``exports/`` (PLY clouds, ONNX and TorchScript student).
+
+Any config key (``data.*``, ``cache_dir``, ...) overrides the run's ``config.yaml``; the options are
+:class:`EvalOptions`. ``evaluate_run(run_dir, overrides) -> metrics`` is the same entry for notebooks.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lit3d.cache import LabelCache, build_labels
+from lit3d.cache.datamodule import resize_frame
+from lit3d.cache.store import write_json
+from lit3d.config import FitConfig, field_docs, from_yaml, load_config
+from lit3d.data.io import atomic_write_bytes
+from lit3d.geometry import backproject_depth, pixel_grid, transform_points, umeyama_sim3
+from lit3d.metrics.localization import localize, pose_errors, summarize
+from lit3d.metrics.pointmap import THRESHOLDS_M
+from lit3d.students.module import StudentModule
+
+log = logging.getLogger("lit3d.evaluate")
+
+EVAL_PREFIXES = ("eval/", "loc/", "loc_teacher/", "export/")
+"""metrics.json keys owned by this command: replaced on every evaluation, fit's keys are kept."""
+
+
+@dataclass
+class EvalOptions:
+    checkpoint: str = "best"
+    """best (falls back to last.ckpt when the run had no validation), last, or a .ckpt path."""
+    split: str = "test"
+    """Split of the label cache to evaluate."""
+    reprojection_px: float = 0.0
+    """RANSAC inlier threshold in student pixels (0 = 10 px at 640 px width scaled to the student's, >= 1 px)."""
+    exports: bool = True
+    """Write PLY clouds and the ONNX / TorchScript student, each checked against PyTorch."""
+    export_atol: float = 1e-4
+    """Largest accepted |exported - PyTorch| output difference, in the labels' unit."""
+    figure_frames: int = 4
+    """Frames shown in eval_frames.png (evenly spaced over the split)."""
+    device: str = "auto"
+    """Device of the student's forward pass: auto, cpu, cuda."""
+
+
+# --- configuration ----------------------------------------------------------------------------------------------
+def run_config(run_dir: str | Path, overrides: list[str] | None = None) -> FitConfig:
+    """The run's resolved ``config.yaml`` with dot-list ``overrides`` applied (``run_dir`` = where it is now)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = load_config([f"experiment={path}", *(overrides or [])])  # a yaml path is a valid experiment
+    cfg.experiment, cfg.run_dir = from_yaml(path).experiment, str(run_dir)
+    return cfg
+
+
+def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
+    ckpts = Path(run_dir) / "checkpoints"
+    if which in ("best", "last"):
+        for name in (["best.ckpt", "last.ckpt"] if which == "best" else ["last.ckpt"]):
+            if (ckpts / name).is_file():
+                return ckpts / name
+        raise FileNotFoundError(f"no {which} checkpoint in {ckpts}")
+    if not Path(which).is_file():
+        raise FileNotFoundError(f"checkpoint {which} not found")
+    return Path(which)
+
+
+# --- geometry of the student grid ---------------------------------------------------------------------------
+def sampling_matrix(label_hw: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """A_33 with label pixel ~ A @ student pixel, for labels as ``resize_frame`` samples them.
+
+    Found by resampling a map of label pixel coordinates, so it follows the datamodule exactly. Labels are
+    nearest-sampled: at an even integer ratio they sit half a label pixel off the image's box-filtered pixel
+    centres (which ``scale_intrinsics`` describes), a bias of 0.25 px at ratio 2 that PnP would turn into pose error.
+    """
+    H, W = label_hw
+    probe = {"image": np.zeros((H, W, 3), np.uint8), "pts_world": np.dstack([pixel_grid(H, W), np.zeros((H, W))]),
+             "conf": np.zeros((H, W)), "valid": np.zeros((H, W), bool), "depth": np.zeros((H, W)),
+             "K": np.eye(3), "cam2world": np.eye(4)}
+    uv_hw2 = resize_frame(probe, size)["pts_world"][..., :2]
+    a_u, b_u = np.polyfit(np.arange(size[1]), uv_hw2[0, :, 0], 1)
+    a_v, b_v = np.polyfit(np.arange(size[0]), uv_hw2[:, 0, 1], 1)
+    return np.array([[a_u, 0.0, b_u], [0.0, a_v, b_v], [0.0, 0.0, 1.0]])
+
+
+def gt_world_points(frame: dict[str, np.ndarray], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Ground-truth world points (h, w, 3) and mask at the student grid: depth back-projected on the label grid
+    with its K and pose (metres, dataset frame), then sampled like the labels. None without depth or pose."""
+    depth_HW, cam2world_44 = frame["depth"], frame["cam2world"].astype(np.float64)
+    if not np.all(np.isfinite(cam2world_44)) or not (depth_HW > 0).any():
+        return None
+    pts_HW3 = transform_points(cam2world_44, backproject_depth(depth_HW, frame["K"]).astype(np.float64))
+    # the same nearest sampling as the labels, so GT, labels and predictions describe the same pixels
+    out = resize_frame({**frame, "pts_world": pts_HW3, "valid": depth_HW > 0}, size)
+    return out["pts_world"], out["valid"]
+
+
+def labels_to_gt(cache: LabelCache, names: list[str], max_frames: int = 64, per_frame: int = 2000,
+                 seed: int = 0) -> tuple[np.ndarray | None, str]:
+    """Similarity S_44 mapping the labels' world frame onto the dataset's metric frame, and how it was found.
+
+    Identity when the labels are already in the dataset frame in metres; otherwise a Umeyama Sim(3) from the
+    teacher's labels to back-projected ground truth on ``names`` (the training frames, so test frames stay
+    unseen), refitted once without its worst 20 % residuals. None when the scene has no depth and poses.
+    """
+    info = cache.labels_info
+    if info.get("frame") == "dataset" and info.get("unit") == "m":
+        return np.eye(4), "identity"
+    rng = np.random.default_rng(seed)
+    src, dst = [], []
+    for name in names[:: max(1, len(names) // max_frames)]:
+        f = cache.load_frame(name)
+        gt = gt_world_points(f, f["depth"].shape)
+        if gt is None:
+            continue
+        ok_N = np.flatnonzero((f["valid"] & gt[1] & np.all(np.isfinite(f["pts_world"]), -1)).ravel())
+        pick = rng.choice(ok_N, min(per_frame, len(ok_N)), replace=False)
+        src.append(f["pts_world"].reshape(-1, 3)[pick])
+        dst.append(gt[0].reshape(-1, 3)[pick])
+    if sum(len(s) for s in src) < 3:
+        return None, "none (no depth and poses)"
+    src_N3, dst_N3 = np.concatenate(src).astype(np.float64), np.concatenate(dst)
+    keep = np.ones(len(src_N3), bool)
+    for _ in range(2):  # least squares, then again without the worst fifth (teacher outliers)
+        s, R, t = umeyama_sim3(src_N3[keep], dst_N3[keep])
+        res_N = np.linalg.norm(s * src_N3 @ R.T + t - dst_N3, axis=1)
+        keep = res_N <= np.quantile(res_N, 0.8)
+    S_44 = np.eye(4)
+    S_44[:3, :3], S_44[:3, 3] = s * R, t
+    return S_44, f"sim3 fitted on {len(src)} {info.get('frame')} frames (scale {float(s):.4g})"
+
+
+def pose_to_gt(S_44: np.ndarray, cam2world_44: np.ndarray | None) -> np.ndarray | None:
+    """A camera-to-world pose in the labels' frame expressed in the dataset frame (rigid: scale moves the centre)."""
+    if cam2world_44 is None:
+        return None
+    out = S_44 @ cam2world_44
+    out[:3, :3] /= np.cbrt(np.linalg.det(S_44[:3, :3]))
+    return out
+
+
+def error_stats(err_N: np.ndarray, prefix: str) -> dict[str, float]:
+    """Mean / median L2 error and fractions within 2 / 5 / 10 cm (read as metres) of pooled pixel errors."""
+    if err_N.size == 0:
+        return {}
+    out = {f"{prefix}l2_mean": float(err_N.mean()), f"{prefix}l2_median": float(np.median(err_N))}
+    out.update({f"{prefix}acc_{k}": float((err_N < t).mean()) for k, t in THRESHOLDS_M.items()})
+    return out
+
+
+# --- evaluation -------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def predict(module: StudentModule, images_NHW3: np.ndarray, batch_size: int, device: torch.device
+            ) -> tuple[np.ndarray, float]:
+    """Student world points (N, h, w, 3) of uint8 images and the forward time per image (ms, after a warm-up)."""
+    module.eval().to(device)
+    x_N3HW = torch.from_numpy(images_NHW3).permute(0, 3, 1, 2).float() / 255
+    module(x_N3HW[:batch_size].to(device))  # warm-up: first-call allocations are not the model's speed
+    out, seconds = [], 0.0
+    for k in range(0, len(x_N3HW), batch_size):
+        xb = x_N3HW[k : k + batch_size].to(device)
+        t0 = time.perf_counter()
+        pred = module(xb)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds += time.perf_counter() - t0
+        out.append(pred.permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(out), 1000 * seconds / len(x_N3HW)
+
+
+def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
+                 options: EvalOptions | None = None) -> dict[str, float | str]:
+    """Evaluate a run directory (see module doc); returns the evaluation's metrics (also merged into metrics.json)."""
+    opt = options or EvalOptions()
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir, overrides)
+    ckpt = checkpoint_path(run_dir, opt.checkpoint)
+    module = StudentModule.load_from_checkpoint(ckpt, map_location="cpu")
+    size = tuple(module.hparams.img_size)
+    if size != tuple(cfg.loader.resolution):
+        raise ValueError(f"the checkpoint's student takes {size}, not loader.resolution={cfg.loader.resolution}")
+    cache, _ = build_labels(cfg)
+    names = cache.split.get(opt.split) or []
+    if not names:
+        raise ValueError(f"label cache {cache.root} has no {opt.split!r} frames")
+    info = cache.labels_info
+    log.info("evaluating %s (%s) on %d %s frames of %s", run_dir, ckpt.name, len(names), opt.split, cache.root)
+
+    labels = [cache.load_frame(n) for n in names]
+    frames = [resize_frame(f, size) for f in labels]
+    gts = [gt_world_points(f, size) for f in labels]
+    S_44, alignment = labels_to_gt(cache, cache.split.get("train") or names) if any(g is not None for g in gts) \
+        else (None, "none (no depth and poses)")
+    A_33 = sampling_matrix(labels[0]["depth"].shape, size)
+    px = opt.reprojection_px or max(1.0, 10.0 * size[1] / 640)
+    device = torch.device("cuda" if opt.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if opt.device == "auto" else opt.device)
+    images_NHW3 = np.stack([f["image"] for f in frames])
+    student_NHW3, ms_per_image = predict(module, images_NHW3, cfg.loader.batch_size, device)
+    teacher_NHW3 = np.stack([f["pts_world"] for f in frames]).astype(np.float64)
+    valid_NHW = np.stack([f["valid"] for f in frames])
+    to_gt = (lambda p: transform_points(S_44, p.astype(np.float64))) if S_44 is not None else (lambda p: p)
+
+    rows, errs = [], {"student_vs_teacher": [], "teacher_vs_gt": [], "student_vs_gt": []}
+    poses: dict[str, list] = {"student": [], "teacher": [], "true": []}
+    Ks = [np.linalg.solve(A_33, f["K"].astype(np.float64)) for f in labels]  # label-grid K on the student grid
+    for i, name in enumerate(names):
+        K_33 = Ks[i]
+        row: dict = {"frame": name}
+        e = {"student_vs_teacher": (np.linalg.norm(student_NHW3[i] - teacher_NHW3[i], axis=-1), valid_NHW[i])}
+        if gts[i] is not None and S_44 is not None:
+            gt_hw3, gt_valid = gts[i]
+            e["teacher_vs_gt"] = (np.linalg.norm(to_gt(teacher_NHW3[i]) - gt_hw3, axis=-1), gt_valid & valid_NHW[i])
+            e["student_vs_gt"] = (np.linalg.norm(to_gt(student_NHW3[i]) - gt_hw3, axis=-1), gt_valid)
+        for key, (err_hw, mask_hw) in e.items():
+            errs[key].append(err_hw[mask_hw])
+            row[f"{key}_l2_mean"] = float(err_hw[mask_hw].mean()) if mask_hw.any() else float("nan")
+        true_44 = frames[i]["cam2world"].astype(np.float64)
+        has_pose = S_44 is not None and np.all(np.isfinite(true_44))
+        for who, pts_hw3, mask in (("student", student_NHW3[i], None), ("teacher", teacher_NHW3[i], valid_NHW[i])):
+            res = localize(pts_hw3, mask, K_33, reprojection_px=px)
+            est_44 = pose_to_gt(S_44, res.cam2world_44) if has_pose else None
+            t_cm, r_deg = pose_errors(est_44, true_44) if has_pose else (float("nan"), float("nan"))
+            poses[who].append(est_44)
+            row.update({f"{who}_loc_ok": res.ok, f"{who}_t_cm": t_cm, f"{who}_r_deg": r_deg,
+                        f"{who}_inlier_ratio": res.inlier_ratio, f"{who}_loc_ms": 1000 * res.seconds,
+                        f"{who}_loc_reason": res.reason})
+        poses["true"].append(true_44 if has_pose else None)
+        rows.append(row)
+
+    metrics: dict[str, float | str] = {
+        "eval/checkpoint": str(ckpt), "eval/split": opt.split, "eval/n_frames": float(len(names)),
+        "eval/reprojection_px": px, "eval/student_ms_per_image": ms_per_image, "eval/device": str(device),
+        "eval/gt_alignment": alignment, "eval/labels_frame": info.get("frame"), "eval/labels_unit": info.get("unit"),
+    }
+    for key, parts in errs.items():
+        if parts:
+            metrics.update(error_stats(np.concatenate(parts), f"eval/{key}/"))
+    for who, prefix in (("student", "loc/"), ("teacher", "loc_teacher/")):
+        if poses["true"] and all(t is not None for t in poses["true"]):
+            s = summarize(np.array([r[f"{who}_t_cm"] for r in rows]), np.array([r[f"{who}_r_deg"] for r in rows]))
+            metrics.update({prefix + k.split("/", 1)[1]: v for k, v in s.items()})
+        metrics[f"{prefix}inlier_ratio"] = float(np.mean([r[f"{who}_inlier_ratio"] for r in rows]))
+        metrics[f"{prefix}time_ms_per_frame"] = float(np.mean([r[f"{who}_loc_ms"] for r in rows]))
+
+    _write_csv(run_dir / "eval_frames.csv", rows)
+    pts_view = {"teacher": to_gt(teacher_NHW3), "student": to_gt(student_NHW3)}
+    _figures(run_dir, names, images_NHW3, pts_view, valid_NHW, rows, poses, Ks, size, opt.figure_frames,
+             metric=S_44 is not None or info.get("unit") == "m")
+    if opt.exports:
+        metrics.update(_exports(run_dir, module, opt.split, images_NHW3, teacher_NHW3, student_NHW3, valid_NHW,
+                                opt.export_atol))
+    _merge_metrics(run_dir / "metrics.json", metrics)
+    log.info("%s: student %s %.1f %% at 5 cm / 5 deg (teacher labels %.1f %%), median %.2f cm / %.2f deg",
+             run_dir, opt.split, 100 * metrics.get("loc/acc_5cm5deg", float("nan")),
+             100 * metrics.get("loc_teacher/acc_5cm5deg", float("nan")), metrics.get("loc/median_t_cm", float("nan")),
+             metrics.get("loc/median_r_deg", float("nan")))
+    return metrics
+
+
+# --- outputs ----------------------------------------------------------------------------------------------------
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _merge_metrics(path: Path, metrics: dict) -> None:
+    """Keep every key of an existing metrics.json except this command's (a re-run replaces them all)."""
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    write_json(path, {**{k: v for k, v in old.items() if not k.startswith(EVAL_PREFIXES)}, **metrics})
+
+
+def _figures(run_dir: Path, names, images_NHW3, pts: dict, valid_NHW, rows, poses, Ks, size, n_panels: int,
+             metric: bool) -> None:
+    """Panels, localization CDFs and the interactive clouds with cameras (never fatal: numbers come first)."""
+    from lit3d.viz.figures import error_cdf, pointmap_panels
+    from lit3d.viz.pointcloud import pointcloud_html
+
+    try:
+        idx = np.unique(np.linspace(0, len(names) - 1, min(n_panels, len(names))).round().astype(int))
+        pointmap_panels(run_dir / "eval_frames.png", images_NHW3[idx], pts["teacher"][idx], pts["student"][idx],
+                        valid_NHW[idx], titles=[names[k] for k in idx], unit_to_cm=100.0 if metric else 1.0)
+        if any(t is not None for t in poses["true"]):
+            for key, label, xlabel in (("t_cm", "t", "translation error (cm)"), ("r_deg", "r", "rotation error (deg)")):
+                error_cdf(run_dir / f"eval_loc_cdf_{label}.png",
+                          {"student": np.array([r[f"student_{key}"] for r in rows]),
+                           "teacher labels": np.array([r[f"teacher_{key}"] for r in rows])}, xlabel=xlabel)
+        cams = {f"{who} PnP" if who != "true" else "true": [(T, K, size) for T, K in zip(poses[who], Ks) if T is not None]
+                for who in ("true", "student", "teacher")}
+        pointcloud_html(run_dir / "eval_pointclouds.html",
+                        {"teacher": (pts["teacher"][valid_NHW], images_NHW3[valid_NHW]),
+                         "student": (pts["student"], images_NHW3)},
+                        cameras={k: v for k, v in cams.items() if v},
+                        title=f"teacher vs student, {len(names)} frames; true vs estimated cameras")
+    except Exception as e:
+        log.warning("could not write evaluation figures: %s", e)
+
+
+class WorldPointmap(torch.nn.Module):
+    """The deployable student: images (B, 3, H, W) in [0, 1] -> world points (B, 3, H, W), labels' frame and unit."""
+
+    def __init__(self, module: StudentModule):
+        super().__init__()
+        self.student = module.student
+        self.register_buffer("coord_mean", module.coord_mean.clone())
+        self.register_buffer("coord_std", module.coord_std.clone())
+
+    def forward(self, image_B3HW: torch.Tensor) -> torch.Tensor:
+        return self.student(image_B3HW) * self.coord_std + self.coord_mean
+
+
+def _exports(run_dir: Path, module: StudentModule, split: str, images_NHW3, teacher_NHW3, student_NHW3, valid_NHW,
+             atol: float) -> dict[str, float | str]:
+    """PLY clouds of the split (labels' frame) and the student as ONNX / TorchScript; failures are recorded."""
+    from lit3d.export import export_onnx, export_torchscript, write_ply
+
+    out_dir = run_dir / "exports"
+    write_ply(out_dir / f"teacher_{split}.ply", teacher_NHW3[valid_NHW], images_NHW3[valid_NHW])
+    write_ply(out_dir / f"student_{split}.ply", student_NHW3, images_NHW3)
+    model = WorldPointmap(module.cpu()).eval()
+    example_B3HW = torch.from_numpy(images_NHW3[:2]).permute(0, 3, 1, 2).float() / 255
+    metrics: dict[str, float | str] = {}
+    for fmt, fn, name in (("onnx", export_onnx, "student.onnx"), ("torchscript", export_torchscript, "student.ts")):
+        try:
+            r = fn(model, example_B3HW, out_dir / name, atol=atol)
+            metrics.update({f"export/{fmt}_size_mb": r.size_mb, f"export/{fmt}_max_abs_diff": r.max_abs_diff,
+                            f"export/{fmt}_atol": r.atol, f"export/{fmt}_path": str(r.path)})
+        except Exception as e:  # a failed export is a finding to report, not a reason to lose the evaluation
+            log.warning("%s export failed: %s", fmt, e)
+            metrics[f"export/{fmt}_error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return metrics
+
+
+# --- command line -----------------------------------------------------------------------------------------------
+def parse_args(argv: list[str]) -> tuple[str, EvalOptions, list[str]]:
+    """(run dir, options, config overrides) of ``RUN_DIR|run_dir=RUN_DIR [option=value ...] [key=value ...]``."""
+    run_dir, opts, overrides = "", {}, []
+    types = {f.name: f.type for f in dataclasses.fields(EvalOptions)}
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if not eq and not run_dir:
+            run_dir = arg
+        elif key == "run_dir":
+            run_dir = value
+        elif key in types:
+            if types[key] == "bool":
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(f"{key} must be true or false, got {value!r}")
+                opts[key] = value.lower() in ("true", "1", "yes")
+            else:
+                opts[key] = {"float": float, "int": int}.get(types[key], str)(value)
+        else:
+            overrides.append(arg)
+    if not run_dir:
+        raise ValueError("usage: python -m lit3d.evaluate RUN_DIR [option=value ...] [key=value ...]")
+    return run_dir, EvalOptions(**opts), overrides
+
+
+def help_text() -> str:
+    docs = field_docs(EvalOptions)
+    lines = ["usage: python -m lit3d.evaluate RUN_DIR [option=value ...] [key=value ...]", "",
+             (__doc__ or "").split("\n\n")[1].replace("\n", " "), "", "options:"]
+    lines += [f"  {f.name}={f.default!r}  # {docs.get(f.name, '')}" for f in dataclasses.fields(EvalOptions)]
+    lines += ["", "key=value: any config key overriding the run's config.yaml (python -m lit3d.fit --help)."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lit3d.cli import USER_ERRORS, setup_logging
+
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(help_text())
+        return 0
+    setup_logging()
+    try:
+        run_dir, options, overrides = parse_args(argv)
+        metrics = evaluate_run(run_dir, overrides, options)
+    except USER_ERRORS as e:
+        log.error("%s", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return 2
+    print(json.dumps({k: v for k, v in metrics.items() if k.startswith(("loc", "eval/student_vs"))}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""``python -m lit3d.label``: resumable label cache builds (interrupted anywhere -> same cache) and 2-process DDP."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import lit3d.cache.build as build
+from lit3d.cache import LabelCache, build_labels
+from lit3d.cache.store import FRAME_KEYS
+from lit3d.config import load_config
+from lit3d.data.synthetic import _camera_path, render, synthetic_intrinsics
+from lit3d.label import main
+
+REPO = Path(__file__).resolve().parents[1]
+# 12 frames, swin-3 symmetrised: 72 pairs in 18 shards of 4
+ARGS = ["data.num_frames=12", "data.resolution=[24,32]", "teacher.batch_size=4", "trainer.enable_progress_bar=false",
+        "trainer.accelerator=cpu", "trainer.devices=1"]
+N_SHARDS = 18
+
+
+class Killed(Exception):
+    """Stands for a kill at a chosen point of the build."""
+
+
+def build_in(cache_dir: Path, *extra: str, **kw) -> tuple[LabelCache, dict]:
+    return build_labels(load_config([*ARGS, f"cache_dir={cache_dir}", *extra]), **kw)
+
+
+def frames_of(cache: LabelCache) -> dict[str, dict[str, np.ndarray]]:
+    assert cache.is_complete()
+    return {name: cache.load_frame(name) for name in cache.frames}
+
+
+def assert_same_cache(cache: LabelCache, reference: dict) -> None:
+    frames = frames_of(cache)
+    assert list(frames) == list(reference)
+    for name, arrays in frames.items():
+        for key in FRAME_KEYS:
+            np.testing.assert_array_equal(arrays[key], reference[name][key], err_msg=f"{name}/{key}")
+    assert not (cache.root / build.ALIGNED_FILE).exists()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    cache, summary = build_in(tmp_path_factory.mktemp("reference"))
+    assert summary["pairs"] == 72 and summary["predicted_pairs"] == 72 and summary["frames"] == 12
+    return frames_of(cache)
+
+
+def test_summary_and_reuse(tmp_path, reference, caplog):
+    with caplog.at_level(logging.INFO):
+        assert main([*ARGS, f"cache_dir={tmp_path}"]) == 0
+    assert "12 frames, 72 pairs (72 predicted)" in caplog.text and "pairs/s" in caplog.text and "residual" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main([*ARGS, f"cache_dir={tmp_path}"]) == 0
+    assert "is complete" in caplog.text
+    cache, summary = build_in(tmp_path)
+    assert summary["reused"] and summary["residual"] < 1e-6
+    assert_same_cache(cache, reference)
+
+
+def test_killed_during_teacher_inference(tmp_path, reference, monkeypatch):
+    write = build.ShardWriter.write_on_batch_end
+
+    def write_then_die(self, *args, **kwargs):
+        if self.written == 5:
+            raise Killed
+        write(self, *args, **kwargs)
+
+    monkeypatch.setattr(build.ShardWriter, "write_on_batch_end", write_then_die)
+    with pytest.raises(Killed):
+        build_in(tmp_path)
+    monkeypatch.setattr(build.ShardWriter, "write_on_batch_end", write)
+    cache, summary = build_in(tmp_path)
+    assert summary["predicted_pairs"] == (N_SHARDS - 5) * 4  # finished shards are not recomputed
+    assert_same_cache(cache, reference)
+
+
+def test_killed_during_alignment(tmp_path, reference, monkeypatch):
+    def die(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(build, "align_predictions", die)
+    with pytest.raises(Killed):
+        build_in(tmp_path)
+    monkeypatch.undo()
+    cache, summary = build_in(tmp_path)
+    assert summary["predicted_pairs"] == 0
+    assert_same_cache(cache, reference)
+
+
+def test_killed_while_writing_frames_resumes_from_the_stored_alignment(tmp_path, reference, monkeypatch):
+    monkeypatch.setattr(build, "FRAMES_PER_COMMIT", 4)
+    write_frames = LabelCache.write_frames
+    calls = []
+
+    def write_then_die(self, frames):
+        calls.append(list(frames))
+        if len(calls) == 2:  # killed after writing these files, before their checksums were recorded
+            for name, arrays in frames.items():
+                build.atomic_save_npz(self.frame_path(name), **{k: arrays[k] for k in FRAME_KEYS})
+            self.frame_path(next(iter(frames))).write_bytes(b"half a file")
+            raise Killed
+        write_frames(self, frames)
+
+    monkeypatch.setattr(LabelCache, "write_frames", write_then_die)
+    with pytest.raises(Killed):
+        build_in(tmp_path)
+    cache = LabelCache(next((tmp_path / "labels").iterdir()))
+    assert len(cache.verified_frames()) == 4 and (cache.root / build.ALIGNED_FILE).is_file()
+
+    def must_not_align(*args, **kwargs):
+        raise AssertionError("the stored alignment must be reused")
+
+    monkeypatch.setattr(LabelCache, "write_frames", write_frames)
+    monkeypatch.setattr(build, "align_predictions", must_not_align)
+    cache, summary = build_in(tmp_path)
+    assert summary["predicted_pairs"] == 0
+    assert_same_cache(cache, reference)
+
+
+def test_corrupt_and_missing_files_are_rebuilt(tmp_path, reference):
+    cache, _ = build_in(tmp_path)
+    shard = cache.shard_path(7)
+    shard.write_bytes(shard.read_bytes()[:-100])  # truncated
+    data = bytearray(cache.shard_path(3).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside an array: caught by the zip CRC
+    cache.shard_path(3).write_bytes(bytes(data))
+    frame = cache.frame_path(cache.frames[2])
+    data = bytearray(frame.read_bytes())
+    data[-200] ^= 0xFF
+    frame.write_bytes(bytes(data))
+    cache.frame_path(cache.frames[5]).unlink()
+    (cache.root / "labels.json").unlink()
+    cache, summary = build_in(tmp_path)
+    assert summary["predicted_pairs"] == 8  # the two bad shards only
+    assert_same_cache(cache, reference)
+
+
+def test_config_change_rebuilds_in_its_own_cache(tmp_path, reference):
+    cache_a, _ = build_in(tmp_path)
+    cache_b, summary = build_in(tmp_path, "pairs.graph=swin-2")
+    assert cache_b.root != cache_a.root and summary["pairs"] == 48
+    assert_same_cache(build_in(tmp_path)[0], reference)
+
+
+def write_frame_folder(root: Path, n: int = 8) -> Path:
+    """A flat RGB-D folder (frame-XXXXXX.{color.jpg,depth.png,pose.txt}, camera-intrinsics.txt) at 32x24."""
+    root.mkdir(parents=True)
+    K = synthetic_intrinsics(24, 32)
+    poses = _camera_path(n, np.random.default_rng(3))
+    images, depths = render(poses, K, (24, 32), seed=3)
+    for k in range(n):
+        Image.fromarray(images[k]).save(root / f"frame-{k:06d}.color.jpg", quality=95)
+        Image.fromarray(np.round(depths[k] * 1000).astype(np.uint16)).save(root / f"frame-{k:06d}.depth.png")
+        np.savetxt(root / f"frame-{k:06d}.pose.txt", poses[k])
+    np.savetxt(root / "camera-intrinsics.txt", K)
+    return root
+
+
+def test_truncated_jpeg_stops_with_one_line_and_keeps_finished_shards(tmp_path, caplog):
+    root = write_frame_folder(tmp_path / "scene")
+    args = ["data.format=folder", f"data.root={root}", "data.resolution=[24,32]", "teacher.batch_size=2",
+            "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "trainer.devices=1"]
+    good = (root / "frame-000006.color.jpg").read_bytes()
+    (root / "frame-000006.color.jpg").write_bytes(good[:-60])
+    with caplog.at_level(logging.ERROR):
+        assert main([*args, f"cache_dir={tmp_path / 'cache'}"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0] and str(root / "frame-000006.color.jpg") in errors[0]
+    cache_root = next((tmp_path / "cache" / "labels").iterdir())
+    kept = len(list((cache_root / "pairs").glob("shard-*.npz")))
+    assert kept > 0  # nothing already labelled is lost
+    (root / "frame-000006.color.jpg").write_bytes(good)
+    cache, summary = build_labels(load_config([*args, f"cache_dir={tmp_path / 'cache'}"]))
+    assert summary["predicted_pairs"] == summary["pairs"] - 2 * kept
+    fresh, _ = build_labels(load_config([*args, f"cache_dir={tmp_path / 'fresh'}"]))
+    assert_same_cache(cache, frames_of(fresh))
+
+
+def run_label(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("LOCAL_RANK", None)  # in case pytest itself runs under a launcher
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+SLOW_WRITER = """
+import sys, time
+import lit3d.cache.build as b
+write = b.ShardWriter.write_on_batch_end
+def slow(self, *a, **k):
+    write(self, *a, **k)
+    time.sleep(0.4)
+b.ShardWriter.write_on_batch_end = slow
+from lit3d.label import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_way_then_resume(tmp_path, reference):
+    """A real kill (no cleanup) of ``python -m lit3d.label`` while it writes shards."""
+    proc = run_label("-c", SLOW_WRITER, *ARGS, f"cache_dir={tmp_path}")
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if len(list(tmp_path.glob("labels/*/pairs/shard-*.npz"))) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the build ended before it could be killed:\n" + proc.stdout.read()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    shards = len(list(tmp_path.glob("labels/*/pairs/shard-*.npz")))
+    assert 3 <= shards < N_SHARDS
+    cache, summary = build_in(tmp_path)
+    assert summary["predicted_pairs"] == (N_SHARDS - shards) * 4
+    assert_same_cache(cache, reference)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_ddp_give_the_single_process_cache(tmp_path, reference):
+    ddp = [a for a in ARGS if not a.startswith("trainer.devices")]
+    proc = run_label("-m", "lit3d.label", *ddp, f"cache_dir={tmp_path}", "trainer.devices=2", "trainer.strategy=ddp")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    # both ranks predicted a share of the 18 shards (Lightning's distributed sampler splits them 9 + 9)
+    assert "rank 0 of 2 wrote 9 teacher shards" in out and "rank 1 of 2 wrote 9 teacher shards" in out, out
+    cache = LabelCache(next((tmp_path / "labels").iterdir()))
+    assert_same_cache(cache, reference)
