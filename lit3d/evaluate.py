@@ -37,8 +37,8 @@ from lit3d.students.module import StudentModule
 
 log = logging.getLogger("lit3d.evaluate")
 
-EVAL_PREFIXES = ("eval/", "loc/", "loc_teacher/", "export/")
-"""metrics.json keys owned by this command: replaced on every evaluation, fit's keys are kept."""
+EVAL_PREFIXES = ("eval/", "loc/", "loc_teacher/")
+"""metrics.json keys owned by this command: replaced on every evaluation (``export/`` too when it exports)."""
 
 
 @dataclass
@@ -166,6 +166,29 @@ def error_stats(err_N: np.ndarray, prefix: str) -> dict[str, float]:
 
 
 # --- evaluation -------------------------------------------------------------------------------------------------
+@dataclass
+class EvalFrames:
+    """Frames of one split on the student grid (h, w), with the student's predictions and the ground truth."""
+
+    names: list[str]
+    images_NHW3: np.ndarray
+    """uint8 RGB as the student saw it."""
+    teacher_NHW3: np.ndarray
+    """Teacher labels, labels' world frame and unit."""
+    valid_NHW: np.ndarray
+    student_NHW3: np.ndarray
+    """Student predictions, labels' world frame and unit."""
+    gt_NHW3: np.ndarray
+    """Ground-truth world points, dataset frame, metres (NaN where unknown)."""
+    gt_valid_NHW: np.ndarray
+    K_N33: np.ndarray
+    """Intrinsics of the student grid, pixels (see :func:`sampling_matrix`)."""
+    cam2world_N44: np.ndarray
+    """Ground-truth poses, dataset frame, metres (NaN where unknown)."""
+    ms_per_image: float
+    """Student forward time per image, ms."""
+
+
 @torch.no_grad()
 def predict(module: StudentModule, images_NHW3: np.ndarray, batch_size: int, device: torch.device
             ) -> tuple[np.ndarray, float]:
@@ -185,6 +208,82 @@ def predict(module: StudentModule, images_NHW3: np.ndarray, batch_size: int, dev
     return np.concatenate(out), 1000 * seconds / len(x_N3HW)
 
 
+def load_frames(cache: LabelCache, names: list[str], module: StudentModule, batch_size: int,
+                device: torch.device) -> EvalFrames:
+    """Frames ``names`` of ``cache`` resized to the student's input, predicted by ``module``."""
+    size = tuple(module.hparams.img_size)
+    labels = [cache.load_frame(n) for n in names]
+    frames = [resize_frame(f, size) for f in labels]
+    gt_NHW3, gt_valid_NHW = np.full((len(names), *size, 3), np.nan), np.zeros((len(names), *size), bool)
+    for i, f in enumerate(labels):
+        gt = gt_world_points(f, size)
+        if gt is not None:
+            gt_NHW3[i], gt_valid_NHW[i] = gt
+    A_33 = sampling_matrix(labels[0]["depth"].shape, size)
+    images_NHW3 = np.stack([f["image"] for f in frames])
+    student_NHW3, ms = predict(module, images_NHW3, batch_size, device)
+    return EvalFrames(
+        names=list(names), images_NHW3=images_NHW3, valid_NHW=np.stack([f["valid"] for f in frames]),
+        teacher_NHW3=np.stack([f["pts_world"] for f in frames]).astype(np.float64), student_NHW3=student_NHW3,
+        gt_NHW3=gt_NHW3, gt_valid_NHW=gt_valid_NHW,
+        K_N33=np.stack([np.linalg.solve(A_33, f["K"].astype(np.float64)) for f in labels]),
+        cam2world_N44=np.stack([f["cam2world"] for f in frames]).astype(np.float64), ms_per_image=ms)
+
+
+def point_errors(fr: EvalFrames, S_44: np.ndarray | None) -> tuple[list[dict], dict[str, float]]:
+    """Per-frame mean L2 errors and pooled ``eval/{student_vs_teacher, teacher_vs_gt, student_vs_gt}/*``.
+
+    Student vs teacher in the labels' unit; against ground truth after mapping by ``S_44``, in metres.
+    """
+    rows: list[dict] = [{} for _ in fr.names]
+    pairs = {"student_vs_teacher": (fr.student_NHW3, fr.teacher_NHW3, fr.valid_NHW)}
+    if S_44 is not None and fr.gt_valid_NHW.any():
+        pairs["teacher_vs_gt"] = (transform_points(S_44, fr.teacher_NHW3), fr.gt_NHW3, fr.gt_valid_NHW & fr.valid_NHW)
+        pairs["student_vs_gt"] = (transform_points(S_44, fr.student_NHW3.astype(np.float64)), fr.gt_NHW3,
+                                  fr.gt_valid_NHW)
+    metrics: dict[str, float] = {}
+    for key, (a_NHW3, b_NHW3, mask_NHW) in pairs.items():
+        err_NHW = np.linalg.norm(a_NHW3 - b_NHW3, axis=-1)
+        for row, err_hw, mask_hw in zip(rows, err_NHW, mask_NHW):
+            row[f"{key}_l2_mean"] = float(err_hw[mask_hw].mean()) if mask_hw.any() else float("nan")
+        metrics.update(error_stats(err_NHW[mask_NHW], f"eval/{key}/"))
+    return rows, metrics
+
+
+def localize_frames(fr: EvalFrames, S_44: np.ndarray | None, reprojection_px: float
+                    ) -> tuple[list[dict], dict[str, float], dict[str, list]]:
+    """PnP-RANSAC from the student's points (all pixels: no labels at test time) and the teacher's (valid ones).
+
+    Returns per-frame rows, ``loc/*`` and ``loc_teacher/*`` metrics (accuracies only when every frame has a true
+    pose) and the camera-to-world poses ``{'student', 'teacher', 'true'}`` in the dataset frame (None: unknown).
+    """
+    rows: list[dict] = []
+    poses: dict[str, list] = {"student": [], "teacher": [], "true": []}
+    for i in range(len(fr.names)):
+        true_44 = fr.cam2world_N44[i]
+        has_pose = S_44 is not None and bool(np.all(np.isfinite(true_44)))
+        row: dict = {}
+        for who, pts_hw3, mask in (("student", fr.student_NHW3[i], None), ("teacher", fr.teacher_NHW3[i],
+                                                                            fr.valid_NHW[i])):
+            res = localize(pts_hw3, mask, fr.K_N33[i], reprojection_px=reprojection_px)
+            est_44 = pose_to_gt(S_44, res.cam2world_44) if has_pose else None
+            t_cm, r_deg = pose_errors(est_44, true_44) if has_pose else (float("nan"), float("nan"))
+            poses[who].append(est_44)
+            row.update({f"{who}_loc_ok": res.ok, f"{who}_t_cm": t_cm, f"{who}_r_deg": r_deg,
+                        f"{who}_inlier_ratio": res.inlier_ratio, f"{who}_loc_ms": 1000 * res.seconds,
+                        f"{who}_loc_reason": res.reason})
+        poses["true"].append(true_44 if has_pose else None)
+        rows.append(row)
+    metrics: dict[str, float] = {}
+    for who, prefix in (("student", "loc/"), ("teacher", "loc_teacher/")):
+        if all(t is not None for t in poses["true"]):
+            s = summarize(np.array([r[f"{who}_t_cm"] for r in rows]), np.array([r[f"{who}_r_deg"] for r in rows]))
+            metrics.update({prefix + k.split("/", 1)[1]: v for k, v in s.items()})
+        metrics[f"{prefix}inlier_ratio"] = float(np.mean([r[f"{who}_inlier_ratio"] for r in rows]))
+        metrics[f"{prefix}time_ms_per_frame"] = float(np.mean([r[f"{who}_loc_ms"] for r in rows]))
+    return rows, metrics, poses
+
+
 def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
                  options: EvalOptions | None = None) -> dict[str, float | str]:
     """Evaluate a run directory (see module doc); returns the evaluation's metrics (also merged into metrics.json)."""
@@ -202,76 +301,29 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
         raise ValueError(f"label cache {cache.root} has no {opt.split!r} frames")
     info = cache.labels_info
     log.info("evaluating %s (%s) on %d %s frames of %s", run_dir, ckpt.name, len(names), opt.split, cache.root)
-
-    labels = [cache.load_frame(n) for n in names]
-    frames = [resize_frame(f, size) for f in labels]
-    gts = [gt_world_points(f, size) for f in labels]
-    S_44, alignment = labels_to_gt(cache, cache.split.get("train") or names) if any(g is not None for g in gts) \
-        else (None, "none (no depth and poses)")
-    A_33 = sampling_matrix(labels[0]["depth"].shape, size)
-    px = opt.reprojection_px or max(1.0, 10.0 * size[1] / 640)
     device = torch.device("cuda" if opt.device == "auto" and torch.cuda.is_available() else
                           "cpu" if opt.device == "auto" else opt.device)
-    images_NHW3 = np.stack([f["image"] for f in frames])
-    student_NHW3, ms_per_image = predict(module, images_NHW3, cfg.loader.batch_size, device)
-    teacher_NHW3 = np.stack([f["pts_world"] for f in frames]).astype(np.float64)
-    valid_NHW = np.stack([f["valid"] for f in frames])
-    to_gt = (lambda p: transform_points(S_44, p.astype(np.float64))) if S_44 is not None else (lambda p: p)
-
-    rows, errs = [], {"student_vs_teacher": [], "teacher_vs_gt": [], "student_vs_gt": []}
-    poses: dict[str, list] = {"student": [], "teacher": [], "true": []}
-    Ks = [np.linalg.solve(A_33, f["K"].astype(np.float64)) for f in labels]  # label-grid K on the student grid
-    for i, name in enumerate(names):
-        K_33 = Ks[i]
-        row: dict = {"frame": name}
-        e = {"student_vs_teacher": (np.linalg.norm(student_NHW3[i] - teacher_NHW3[i], axis=-1), valid_NHW[i])}
-        if gts[i] is not None and S_44 is not None:
-            gt_hw3, gt_valid = gts[i]
-            e["teacher_vs_gt"] = (np.linalg.norm(to_gt(teacher_NHW3[i]) - gt_hw3, axis=-1), gt_valid & valid_NHW[i])
-            e["student_vs_gt"] = (np.linalg.norm(to_gt(student_NHW3[i]) - gt_hw3, axis=-1), gt_valid)
-        for key, (err_hw, mask_hw) in e.items():
-            errs[key].append(err_hw[mask_hw])
-            row[f"{key}_l2_mean"] = float(err_hw[mask_hw].mean()) if mask_hw.any() else float("nan")
-        true_44 = frames[i]["cam2world"].astype(np.float64)
-        has_pose = S_44 is not None and np.all(np.isfinite(true_44))
-        for who, pts_hw3, mask in (("student", student_NHW3[i], None), ("teacher", teacher_NHW3[i], valid_NHW[i])):
-            res = localize(pts_hw3, mask, K_33, reprojection_px=px)
-            est_44 = pose_to_gt(S_44, res.cam2world_44) if has_pose else None
-            t_cm, r_deg = pose_errors(est_44, true_44) if has_pose else (float("nan"), float("nan"))
-            poses[who].append(est_44)
-            row.update({f"{who}_loc_ok": res.ok, f"{who}_t_cm": t_cm, f"{who}_r_deg": r_deg,
-                        f"{who}_inlier_ratio": res.inlier_ratio, f"{who}_loc_ms": 1000 * res.seconds,
-                        f"{who}_loc_reason": res.reason})
-        poses["true"].append(true_44 if has_pose else None)
-        rows.append(row)
-
-    metrics: dict[str, float | str] = {
+    fr = load_frames(cache, names, module, cfg.loader.batch_size, device)
+    S_44, alignment = (labels_to_gt(cache, cache.split.get("train") or names) if fr.gt_valid_NHW.any()
+                       else (None, "none (no depth and poses)"))
+    px = opt.reprojection_px or max(1.0, 10.0 * size[1] / 640)
+    err_rows, metrics = point_errors(fr, S_44)
+    loc_rows, loc_metrics, poses = localize_frames(fr, S_44, px)
+    metrics.update(loc_metrics)
+    metrics.update({
         "eval/checkpoint": str(ckpt), "eval/split": opt.split, "eval/n_frames": float(len(names)),
-        "eval/reprojection_px": px, "eval/student_ms_per_image": ms_per_image, "eval/device": str(device),
+        "eval/reprojection_px": px, "eval/student_ms_per_image": fr.ms_per_image, "eval/device": str(device),
         "eval/gt_alignment": alignment, "eval/labels_frame": info.get("frame"), "eval/labels_unit": info.get("unit"),
-    }
-    for key, parts in errs.items():
-        if parts:
-            metrics.update(error_stats(np.concatenate(parts), f"eval/{key}/"))
-    for who, prefix in (("student", "loc/"), ("teacher", "loc_teacher/")):
-        if poses["true"] and all(t is not None for t in poses["true"]):
-            s = summarize(np.array([r[f"{who}_t_cm"] for r in rows]), np.array([r[f"{who}_r_deg"] for r in rows]))
-            metrics.update({prefix + k.split("/", 1)[1]: v for k, v in s.items()})
-        metrics[f"{prefix}inlier_ratio"] = float(np.mean([r[f"{who}_inlier_ratio"] for r in rows]))
-        metrics[f"{prefix}time_ms_per_frame"] = float(np.mean([r[f"{who}_loc_ms"] for r in rows]))
-
-    _write_csv(run_dir / "eval_frames.csv", rows)
-    pts_view = {"teacher": to_gt(teacher_NHW3), "student": to_gt(student_NHW3)}
-    _figures(run_dir, names, images_NHW3, pts_view, valid_NHW, rows, poses, Ks, size, opt.figure_frames,
-             metric=S_44 is not None or info.get("unit") == "m")
+    })
+    _write_csv(run_dir / "eval_frames.csv", [{"frame": n, **e, **p} for n, e, p in zip(names, err_rows, loc_rows)])
+    _figures(run_dir, fr, S_44, loc_rows, poses, opt.figure_frames)
     if opt.exports:
-        metrics.update(_exports(run_dir, module, opt.split, images_NHW3, teacher_NHW3, student_NHW3, valid_NHW,
-                                opt.export_atol))
-    _merge_metrics(run_dir / "metrics.json", metrics)
-    log.info("%s: student %s %.1f %% at 5 cm / 5 deg (teacher labels %.1f %%), median %.2f cm / %.2f deg",
-             run_dir, opt.split, 100 * metrics.get("loc/acc_5cm5deg", float("nan")),
-             100 * metrics.get("loc_teacher/acc_5cm5deg", float("nan")), metrics.get("loc/median_t_cm", float("nan")),
-             metrics.get("loc/median_r_deg", float("nan")))
+        metrics.update(_exports(run_dir, module, opt.split, fr, opt.export_atol))
+    _merge_metrics(run_dir / "metrics.json", metrics, EVAL_PREFIXES + (("export/",) if opt.exports else ()))
+    nan = float("nan")
+    log.info("%s: student %.1f %% at 5 cm / 5 deg (teacher labels %.1f %%), median %.2f cm / %.2f deg", run_dir,
+             100 * metrics.get("loc/acc_5cm5deg", nan), 100 * metrics.get("loc_teacher/acc_5cm5deg", nan),
+             metrics.get("loc/median_t_cm", nan), metrics.get("loc/median_r_deg", nan))
     return metrics
 
 
@@ -285,34 +337,42 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def _merge_metrics(path: Path, metrics: dict) -> None:
-    """Keep every key of an existing metrics.json except this command's (a re-run replaces them all)."""
+def _merge_metrics(path: Path, metrics: dict, replaced: tuple[str, ...]) -> None:
+    """Keep every key of an existing metrics.json except those under ``replaced`` (stale ones would mislead)."""
     old = json.loads(path.read_text()) if path.is_file() else {}
-    write_json(path, {**{k: v for k, v in old.items() if not k.startswith(EVAL_PREFIXES)}, **metrics})
+    write_json(path, {**{k: v for k, v in old.items() if not k.startswith(replaced)}, **metrics})
 
 
-def _figures(run_dir: Path, names, images_NHW3, pts: dict, valid_NHW, rows, poses, Ks, size, n_panels: int,
-             metric: bool) -> None:
-    """Panels, localization CDFs and the interactive clouds with cameras (never fatal: numbers come first)."""
+def _figures(run_dir: Path, fr: EvalFrames, S_44: np.ndarray | None, rows: list[dict], poses: dict[str, list],
+             n_panels: int) -> None:
+    """Panels, localization CDFs and the interactive clouds with cameras (never fatal: numbers come first).
+
+    Points are shown in the dataset's metric frame when ``S_44`` maps them there, else in the labels' frame.
+    """
     from lit3d.viz.figures import error_cdf, pointmap_panels
     from lit3d.viz.pointcloud import pointcloud_html
 
+    view = (lambda p: transform_points(S_44, p.astype(np.float64))) if S_44 is not None else (lambda p: p)
+    teacher_NHW3, student_NHW3 = view(fr.teacher_NHW3), view(fr.student_NHW3)
     try:
-        idx = np.unique(np.linspace(0, len(names) - 1, min(n_panels, len(names))).round().astype(int))
-        pointmap_panels(run_dir / "eval_frames.png", images_NHW3[idx], pts["teacher"][idx], pts["student"][idx],
-                        valid_NHW[idx], titles=[names[k] for k in idx], unit_to_cm=100.0 if metric else 1.0)
+        n = len(fr.names)
+        idx = np.unique(np.linspace(0, n - 1, min(n_panels, n)).round().astype(int))
+        pointmap_panels(run_dir / "eval_frames.png", fr.images_NHW3[idx], teacher_NHW3[idx], student_NHW3[idx],
+                        fr.valid_NHW[idx], titles=[fr.names[k] for k in idx])
         if any(t is not None for t in poses["true"]):
-            for key, label, xlabel in (("t_cm", "t", "translation error (cm)"), ("r_deg", "r", "rotation error (deg)")):
-                error_cdf(run_dir / f"eval_loc_cdf_{label}.png",
+            for key, tag, xlabel in (("t_cm", "t", "translation error (cm)"), ("r_deg", "r", "rotation error (deg)")):
+                error_cdf(run_dir / f"eval_loc_cdf_{tag}.png",
                           {"student": np.array([r[f"student_{key}"] for r in rows]),
                            "teacher labels": np.array([r[f"teacher_{key}"] for r in rows])}, xlabel=xlabel)
-        cams = {f"{who} PnP" if who != "true" else "true": [(T, K, size) for T, K in zip(poses[who], Ks) if T is not None]
+        hw = fr.valid_NHW.shape[1:]
+        cams = {("true" if who == "true" else f"{who} PnP"): [(T, K, hw) for T, K in zip(poses[who], fr.K_N33)
+                                                             if T is not None]
                 for who in ("true", "student", "teacher")}
         pointcloud_html(run_dir / "eval_pointclouds.html",
-                        {"teacher": (pts["teacher"][valid_NHW], images_NHW3[valid_NHW]),
-                         "student": (pts["student"], images_NHW3)},
+                        {"teacher": (teacher_NHW3[fr.valid_NHW], fr.images_NHW3[fr.valid_NHW]),
+                         "student": (student_NHW3, fr.images_NHW3)},
                         cameras={k: v for k, v in cams.items() if v},
-                        title=f"teacher vs student, {len(names)} frames; true vs estimated cameras")
+                        title=f"teacher vs student, {n} frames; true and estimated cameras")
     except Exception as e:
         log.warning("could not write evaluation figures: %s", e)
 
@@ -330,16 +390,15 @@ class WorldPointmap(torch.nn.Module):
         return self.student(image_B3HW) * self.coord_std + self.coord_mean
 
 
-def _exports(run_dir: Path, module: StudentModule, split: str, images_NHW3, teacher_NHW3, student_NHW3, valid_NHW,
-             atol: float) -> dict[str, float | str]:
+def _exports(run_dir: Path, module: StudentModule, split: str, fr: EvalFrames, atol: float) -> dict[str, float | str]:
     """PLY clouds of the split (labels' frame) and the student as ONNX / TorchScript; failures are recorded."""
     from lit3d.export import export_onnx, export_torchscript, write_ply
 
     out_dir = run_dir / "exports"
-    write_ply(out_dir / f"teacher_{split}.ply", teacher_NHW3[valid_NHW], images_NHW3[valid_NHW])
-    write_ply(out_dir / f"student_{split}.ply", student_NHW3, images_NHW3)
+    write_ply(out_dir / f"teacher_{split}.ply", fr.teacher_NHW3[fr.valid_NHW], fr.images_NHW3[fr.valid_NHW])
+    write_ply(out_dir / f"student_{split}.ply", fr.student_NHW3, fr.images_NHW3)
     model = WorldPointmap(module.cpu()).eval()
-    example_B3HW = torch.from_numpy(images_NHW3[:2]).permute(0, 3, 1, 2).float() / 255
+    example_B3HW = torch.from_numpy(fr.images_NHW3[:2]).permute(0, 3, 1, 2).float() / 255
     metrics: dict[str, float | str] = {}
     for fmt, fn, name in (("onnx", export_onnx, "student.onnx"), ("torchscript", export_torchscript, "student.ts")):
         try:

@@ -30,8 +30,8 @@ def label(cfg: FitConfig) -> dict:
         return summary
     if summary.get("reused"):
         log.info("%s: label cache %s is complete (%d frames, %d pairs, residual %.4f %s), checked in %.1f s",
-                 summary["scene"], cache.root, summary["frames"], summary["pairs"], summary.get("residual", float("nan")),
-                 summary.get("unit", ""), summary["seconds"])
+                 summary["scene"], cache.root, summary["frames"], summary["pairs"],
+                 summary.get("residual", float("nan")), summary.get("unit", ""), summary["seconds"])
     else:
         log.info("%s: %d frames, %d pairs (%d predicted) in %.1f s (teacher %.1f s, %.1f pairs/s), alignment "
                  "residual %.4f %s, %.1f%% valid pixels -> %s", summary["scene"], summary["frames"], summary["pairs"],

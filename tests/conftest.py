@@ -28,3 +28,14 @@ def tiny_cfg(tmp_path):
                             *overrides])
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny test networks run fastest on one thread, and tests then don't fight over the 2 cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

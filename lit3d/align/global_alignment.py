@@ -160,6 +160,32 @@ def _median_distance(X_NP3: np.ndarray, w_NP: np.ndarray, centre_3: np.ndarray) 
     return float(np.median(d)) if len(d) else 1.0
 
 
+def _to_output_frame(state: State, poses, known, fixed, to_out, scale_fixed: bool, metric: bool, pred_scale: float,
+                     uv_NP2: np.ndarray, w_NP: np.ndarray) -> tuple[State, str, str]:
+    """Move the solution from the optimisation frame to the output frame; returns it with ``frame`` and ``unit``.
+    ``uv_NP2`` are the sampled pixels, ``w_NP`` their weights."""
+    frame, unit = "first_camera", "normalised"
+    if fixed.any():  # the optimisation frame was the dataset's, shifted and scaled
+        frame, unit = "dataset", "m" if scale_fixed else unit
+        state = state.apply_sim3(*to_out)
+    elif known.any():  # anchor: a final Sim(3) fit of the estimated cameras to the known ones
+        s, R, t = fit_sim3_to_poses(state.R_N33[known], state.t_N3[known], poses[known, :3, :3], poses[known, :3, 3])
+        state = state.apply_sim3(s, R, t)
+        frame, unit = "dataset", "m" if known.sum() >= 2 else unit
+    else:  # the first camera becomes the origin
+        R0, c0 = state.R_N33[0], state.t_N3[0]
+        state = state.apply_sim3(1.0, R0.T, -R0.T @ c0)
+    if unit == "m":
+        return state, frame, unit
+    anchor = np.flatnonzero(known)[0] if known.any() else 0
+    if metric:  # edge scales (acting on the teacher's metres) get geometric mean 1
+        scale, unit = float(np.exp(-np.log(state.s_E / pred_scale).mean())), "m"
+    else:  # the median distance of the points to the anchor camera becomes 1
+        scale = 1 / _median_distance(world_points(state, uv_NP2), w_NP, state.t_N3[anchor])
+    c = state.t_N3[anchor]
+    return state.apply_sim3(scale, np.eye(3), c - scale * c), frame, unit
+
+
 def _align_connected(cfg: AlignConfig, inp: EdgeInputs, poses, K, metric: bool) -> AlignResult:
     t0 = time.perf_counter()
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
@@ -198,31 +224,15 @@ def _align_connected(cfg: AlignConfig, inp: EdgeInputs, poses, K, metric: bool) 
     ocfg = OptimConfig(cfg.iterations, cfg.lr, cfg.lr_min, cfg.schedule, cfg.robust, cfg.robust_scale,
                        free_focal=K is None, normalise_scale=not scale_fixed)
     t1 = time.perf_counter()
+    log.info("global alignment: initialised %d images, %d edges (%d px/image) in %.1f s; %d Adam iterations on %s",
+             N, inp.n_edges, idx_NP.shape[1], t1 - t0, cfg.iterations, device)
     # small chunks stay in cache on a CPU; a GPU wants large launches
     chunk = cfg.chunk_edges if device.type == "cpu" else 32 * cfg.chunk_edges
     state, side_dist_E2, loss = optimise(state, smp, inp.edges_E2, uv_NP2, ~fixed, ocfg, device, chunk)
     t2 = time.perf_counter()
 
-    frame, unit = "first_camera", "normalised"
-    if fixed.any():
-        frame, unit = "dataset", "m" if scale_fixed else unit
-        state = state.apply_sim3(*to_out)
-    elif known.any():  # anchor: a final Sim(3) fit of the estimated cameras to the known ones
-        s, R, t = fit_sim3_to_poses(state.R_N33[known], state.t_N3[known], poses[known, :3, :3], poses[known, :3, 3])
-        state = state.apply_sim3(s, R, t)
-        frame, unit = "dataset", "m" if known.sum() >= 2 else unit
-    else:  # the first camera becomes the origin
-        R0, c0 = state.R_N33[0], state.t_N3[0]
-        state = state.apply_sim3(1.0, R0.T, -R0.T @ c0)
-    if unit != "m":
-        anchor = np.flatnonzero(known)[0] if known.any() else 0
-        if metric:  # edge scales (acting on teacher metres) have geometric mean 1
-            scale, unit = float(np.exp(-np.log(state.s_E / smp.pred_scale).mean())), "m"
-        else:  # the median distance of the points to the anchor camera becomes 1
-            scale = 1 / _median_distance(world_points(state, uv_NP2), w_NP, state.t_N3[anchor])
-        c = state.t_N3[anchor]
-        state = state.apply_sim3(scale, np.eye(3), c - scale * c)
-
+    state, frame, unit = _to_output_frame(state, poses, known, fixed, to_out, scale_fixed, metric, smp.pred_scale,
+                                          uv_NP2, w_NP)
     cam2world = np.tile(np.eye(4), (N, 1, 1))
     cam2world[:, :3, :3], cam2world[:, :3, 3] = state.R_N33, state.t_N3
     if fixed.any():

@@ -1,7 +1,10 @@
 """Initialisation of global alignment: connected components, maximum spanning tree, chained Umeyama fits.
 
-Works on the sampled pixels only (``Samples``), in float64 numpy. The tree is rooted at image 0, so the first
-camera's pointmap defines the initial (gauge) frame.
+Works on the sampled pixels only (``Samples``). Steps: (1) a maximum spanning tree over edge confidences (pairs
+whose two directions disagree demoted) chains Umeyama registrations of the shared view into world pointmaps,
+rooted at image 0; (2) each image's own frame (its best edge as image i) is registered onto them, and similarity
+averaging over every edge removes the tree's drift; (3) focals, camera poses and depths follow, images seen only
+as image j are placed by PnP; (4) each edge's similarity is fitted to the image points.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from lit3d.align.averaging import average_similarities, relative_scale, relative_similarities
 from lit3d.align.inputs import Samples, conf_weight
 from lit3d.geometry import umeyama_sim3
 
@@ -162,7 +166,8 @@ def init_state(smp: Samples, edges_E2: np.ndarray, n_images: int, uv_NP2: np.nda
     wa_init[few], wb_init[few] = wa[few], wb[few]
 
     world_NP3 = np.zeros(uv_NP2.shape[:2] + (3,))
-    world_w_NP = np.zeros(uv_NP2.shape[:2])
+    world_w_NP = np.zeros(uv_NP2.shape[:2])  # registration weights (confident pixels)
+    world_ok_NP = np.zeros(uv_NP2.shape[:2], bool)  # every valid pixel
     known = np.zeros(n_images, bool)
     tree = maximum_spanning_tree(n_images, edges_E2, score_E)
     adjacency: dict[int, list[int]] = {k: [] for k in range(n_images)}
@@ -173,6 +178,7 @@ def init_state(smp: Samples, edges_E2: np.ndarray, n_images: int, uv_NP2: np.nda
         e0 = next(e for e in tree if 0 in edges_E2[e])  # the best tree edge of image 0 defines the gauge
         i, j = edges_E2[e0]
         world_NP3[i], world_w_NP[i], world_NP3[j], world_w_NP[j] = A[e0], wa_init[e0], B[e0], wb_init[e0]
+        world_ok_NP[i], world_ok_NP[j] = wa[e0] > 0, wb[e0] > 0
         known[[i, j]] = True
         queue = deque([i, j])
     else:
@@ -185,9 +191,10 @@ def init_state(smp: Samples, edges_E2: np.ndarray, n_images: int, uv_NP2: np.nda
             if known[new]:
                 continue
             # register the edge's view of the known image onto its world points, then carry the other view
-            src, w_src, dst, w_new = (A[e], wa_init[e], B[e], wb_init[e]) if i == k else (B[e], wb_init[e], A[e], wa_init[e])
+            src, w_src, dst, w_new, ok_new = ((A[e], wa_init[e], B[e], wb_init[e], wb[e] > 0) if i == k else
+                                              (B[e], wb_init[e], A[e], wa_init[e], wa[e] > 0))
             s, R, t = umeyama_sim3(src, world_NP3[k], w_src * world_w_NP[k])
-            world_NP3[new], world_w_NP[new] = s * dst @ R.T + t, w_new
+            world_NP3[new], world_w_NP[new], world_ok_NP[new] = s * dst @ R.T + t, w_new, ok_new
             known[new] = True
             queue.append(new)
 
@@ -207,21 +214,45 @@ def init_state(smp: Samples, edges_E2: np.ndarray, n_images: int, uv_NP2: np.nda
     else:
         K = np.asarray(K_known_N33, np.float64)
 
-    R_N33, t_N3 = np.tile(np.eye(3), (n_images, 1, 1)), np.zeros((n_images, 3))
+    # each image's own frame (its best edge as image i) -> world, from the chained points
+    own = own_edge >= 0
+    G_s, G_R, G_t = np.ones(n_images), np.tile(np.eye(3), (n_images, 1, 1)), np.zeros((n_images, 3))
+    for k in np.flatnonzero(own):
+        e = own_edge[k]
+        G_s[k], G_R[k], G_t[k] = umeyama_sim3(A[e], world_NP3[k], wa[e] * world_w_NP[k])
+    both = np.flatnonzero(own[edges_E2[:, 0]] & own[edges_E2[:, 1]])
+    if len(both):  # remove the tree's drift with every edge
+        ids = np.flatnonzero(own)
+        remap = np.cumsum(own) - 1
+        s_rel, R_rel, t_rel = relative_similarities(A, B, wa, wb, edges_E2[both], both, own_edge)
+        w_rel = wa[both].mean(1) * wb[both].mean(1) / (1 + (np.nan_to_num(cycle_E[both]) / CYCLE_TOL) ** 2)
+        sub_edges = remap[edges_E2[both]]
+        labels = connected_components(len(ids), sub_edges)
+        anchors = np.unique(labels, return_index=True)[1]  # first image of each part; image 0 when it has a frame
+        G_s[ids], G_R[ids], G_t[ids] = average_similarities(len(ids), sub_edges, s_rel, R_rel, t_rel, w_rel,
+                                                            G_s[ids], G_R[ids], G_t[ids], anchors=anchors)
+
+    R_N33, t_N3 = G_R.copy(), G_t.copy()
     depth = np.ones(uv_NP2.shape[:2])
     for k in range(n_images):
         e = own_edge[k]
         if e >= 0:
-            s, R_N33[k], t_N3[k] = umeyama_sim3(A[e], world_NP3[k], wa[e] * world_w_NP[k])
-            z, w = s * A[e, :, 2], wa[e]
-        else:
+            z, w = G_s[k] * A[e, :, 2], wa[e]
+        else:  # seen only as image j: its points through the best partner's frame, then PnP
+            cand = np.flatnonzero((edges_E2[:, 1] == k) & own[edges_E2[:, 0]])
+            if len(cand):
+                e = cand[np.argmax(score_E[cand])]
+                i = edges_E2[e, 0]
+                a = relative_scale(A[own_edge[i]], A[e], wa[own_edge[i]] * wa[e])
+                world_NP3[k] = G_s[i] * (B[e] / a) @ G_R[i].T + G_t[i]
+                world_w_NP[k], world_ok_NP[k] = wb_init[e], wb[e] > 0
             pose = _pnp(world_NP3[k], uv_NP2[k], world_w_NP[k], K[k])
             if pose is None:
                 log.warning("global alignment init: image %d has no own-frame prediction and PnP failed; "
                             "starting from the first camera's pose", k)
             else:
                 R_N33[k], t_N3[k] = pose
-            z, w = ((world_NP3[k] - t_N3[k]) @ R_N33[k])[:, 2], world_w_NP[k]
+            z, w = ((world_NP3[k] - t_N3[k]) @ R_N33[k])[:, 2], world_ok_NP[k]
         good = (w > 0) & (z > 0)
         depth[k] = np.where(good, z, np.median(z[good]) if good.any() else 1.0)
     state = State(R_N33, t_N3, depth, K, np.ones(len(edges_E2)), np.tile(np.eye(3), (len(edges_E2), 1, 1)),

@@ -69,6 +69,8 @@ class EdgeInputs:
         ids = self.edge_ids[k0:k1]
         contiguous = len(ids) > 0 and ids[-1] - ids[0] == len(ids) - 1
         index = slice(int(ids[0]), int(ids[-1]) + 1) if contiguous else ids
+        if not contiguous and isinstance(self.pts_i, torch.Tensor):
+            index = torch.as_tensor(ids, device=self.pts_i.device)
         out, nonfinite_e = {}, np.zeros(len(ids), np.int64)
         for side, pts, conf, valid in (("a", self.pts_i, self.conf_i, self.valid_i),
                                        ("b", self.pts_j_in_i, self.conf_j, self.valid_j)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing as mp
+import os
 import resource
 import time
 
@@ -19,8 +20,8 @@ import torch
 from lit3d.align.synthetic import scene_graph
 
 log = logging.getLogger(__name__)
-COLUMNS = ("N", "graph", "edges", "HxW", "px/img", "device", "time_s", "peak_rss_MB", "input_MB", "cuda_MB",
-           "cam_err_med", "cam_err_max", "pt_err_med")
+COLUMNS = ("N", "graph", "edges", "HxW", "px/img", "device", "time_s", "rss_before_MB", "peak_rss_MB", "input_MB",
+           "cuda_MB", "cam_err_med", "cam_err_max", "pt_err_med")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -63,6 +64,7 @@ def run_case(n: int, graph: str, args: argparse.Namespace) -> dict:
                           ("cpu" if args.device == "auto" else args.device))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    rss_before = _rss_mb()  # interpreter, torch and the predictions
     t0 = time.perf_counter()
     res = global_alignment(edges, pred["pts_i"], pred["pts_j_in_i"], pred["conf_i"], pred["conf_j"],
                            iterations=args.iterations, n_pixels=args.n_pixels, robust=args.robust, device=str(device))
@@ -77,7 +79,7 @@ def run_case(n: int, graph: str, args: argparse.Namespace) -> dict:
         p = s * res.pts_world_NHW3[k].astype(np.float64) @ R.T + t
         pt_err.append(np.linalg.norm(p - scene.world_points(k), axis=-1)[res.valid_NHW[k]])
     return dict(zip(COLUMNS, (n, graph, len(edges), args.resolution, res.stats["n_pixels"], str(device), seconds,
-                              peak_mb, input_mb, cuda_mb, float(np.median(cam_err)), float(cam_err.max()),
+                              rss_before, peak_mb, input_mb, cuda_mb, float(np.median(cam_err)), float(cam_err.max()),
                               float(np.median(np.concatenate(pt_err))) / scene.scene_size)))
 
 
@@ -90,12 +92,12 @@ def _child(queue, n: int, graph: str, args: argparse.Namespace) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    def cell(v) -> str:
+    def cell(column: str, v) -> str:
         if isinstance(v, float):
-            return "-" if np.isnan(v) else (f"{v:.2e}" if abs(v) < 0.01 and v != 0 else f"{v:.1f}")
+            return "-" if np.isnan(v) else (f"{v:.2e}" if column.endswith(("_med", "_max")) else f"{v:.1f}")
         return str(v)
 
-    body = [[cell(r.get(c, "")) for c in COLUMNS] if "error" not in r else
+    body = [[cell(c, r.get(c, "")) for c in COLUMNS] if "error" not in r else
             [str(r["N"]), r["graph"], r["error"]] for r in rows]
     widths = [max(len(c), *(len(b[k]) for b in body if len(b) == len(COLUMNS))) for k, c in enumerate(COLUMNS)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths))]
@@ -124,8 +126,8 @@ def main(argv: list[str]) -> None:
             rows.append(queue.get())
             proc.join()
     cfg = {k: v for k, v in vars(args).items() if k not in ("n", "graphs", "in_process")}
-    print(f"global alignment benchmark ({', '.join(f'{k}={v}' for k, v in cfg.items())}; "
-          f"{torch.get_num_threads()} torch threads by default)")
+    print(f"global alignment benchmark ({', '.join(f'{k}={v}' for k, v in cfg.items())}; torch default threads "
+          f"{torch.get_num_threads()}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})")
     print(format_table(rows))
 
 

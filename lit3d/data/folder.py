@@ -58,7 +58,8 @@ def official_split(n: int, test_N: np.ndarray, val_every: int) -> dict[str, np.n
     return {"train": np.setdiff1d(rest, val), "val": val, "test": np.asarray(test_N, dtype=int)}
 
 
-def lazy_rgb(paths: list[Path], native_size: tuple[int, int] | None, size: tuple[int, int]) -> Callable[[int], np.ndarray]:
+def lazy_rgb(paths: list[Path], native_size: tuple[int, int] | None,
+             size: tuple[int, int]) -> Callable[[int], np.ndarray]:
     """Frame index -> (H, W, 3) uint8 at ``size``; a file not of ``native_size`` (H, W) is an error naming it."""
 
     def read(i: int) -> np.ndarray:
@@ -72,7 +73,8 @@ def lazy_rgb(paths: list[Path], native_size: tuple[int, int] | None, size: tuple
 
 
 def lazy_depth(paths: list[Path], native_size: tuple[int, int], K_src_33: np.ndarray, K_dst_33: np.ndarray,
-               size: tuple[int, int], scale: float, invalid: tuple[int, ...] = (0, 65535)) -> Callable[[int], np.ndarray]:
+               size: tuple[int, int], scale: float,
+               invalid: tuple[int, ...] = (0, 65535)) -> Callable[[int], np.ndarray]:
     """Frame index -> (H, W) float32 metres at ``size``, resampled from a depth camera ``K_src`` to ``K_dst``."""
 
     def read(i: int) -> np.ndarray:

@@ -41,7 +41,8 @@ def read_split_file(path: Path) -> list[str]:
     try:
         lines = path.read_text().split()
     except FileNotFoundError:
-        raise SceneError(f"{path}: split file not found (a 7-Scenes scene has TrainSplit.txt and TestSplit.txt)") from None
+        raise SceneError(f"{path}: split file not found (a 7-Scenes scene has TrainSplit.txt and TestSplit.txt)"
+                         ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise SceneError(f"{path}: cannot read split file ({e})") from None
     seqs = []

@@ -1,7 +1,8 @@
-"""The convolutional output head shared by every student: features at 1/stride -> a point per pixel."""
+"""The convolutional output head shared by every student: feature maps -> a point per pixel."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -9,30 +10,53 @@ import torch.nn.functional as F
 
 
 class ConvHead(nn.Module):
-    """Upsample a (B, C, H/s, W/s) feature map to (B, 3, H, W) points.
+    """Upsample feature maps at strides ``strides`` (e.g. 2, 4, ..., 32) to (B, 3, H, W) points.
 
-    ``log2(stride)`` stages of x2 bilinear upsampling + 3x3 conv + LeakyReLU, halving the width each time (not
-    below ``width``), then a per-pixel MLP (1x1 convs) down to 3 coordinates. With ``stride=1`` only the
-    per-pixel MLP remains: the fully-connected output layers of a plain CNN.
+    From the coarsest map (projected by a 1x1 conv), ``log2(stride)`` stages of x2 bilinear upsampling + 3x3 conv + LeakyReLU; where a
+    finer input map exists at a stage's stride it is added through a 1x1 projection (a skip connection, so
+    that the head sees both global context and fine detail). Stage widths shrink towards full resolution
+    (``width`` x stride, at most 4 x ``width``). A per-pixel MLP (1x1 convs) gives 3 coordinates. With one
+    input at stride 1 only the per-pixel MLP remains: the fully-connected output layers of a plain CNN.
     """
 
-    def __init__(self, in_channels: int, stride: int, width: int = 64, hidden: int = 128):
+    def __init__(self, in_channels: int | Sequence[int], strides: int | Sequence[int], width: int = 32,
+                 hidden: int = 128):
         super().__init__()
-        if stride < 1 or stride & (stride - 1):
-            raise ValueError(f"ConvHead stride must be a power of two, got {stride}")
-        stages = []
-        c = in_channels
-        for _ in range(int(math.log2(stride))):
-            c_out = max(width, c // 2)
-            stages += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                       nn.Conv2d(c, c_out, 3, padding=1), nn.LeakyReLU(0.1, inplace=True)]
-            c = c_out
-        self.upsample = nn.Sequential(*stages)
+        in_channels = [in_channels] if isinstance(in_channels, int) else list(in_channels)
+        strides = [strides] if isinstance(strides, int) else list(strides)
+        if len(in_channels) != len(strides) or any(s < 1 or s & (s - 1) for s in strides) or strides != sorted(strides):
+            raise ValueError(f"ConvHead needs increasing power-of-two strides, one per input; got {strides}")
+        self.strides = strides
+
+        def stage_width(stride: int) -> int:
+            return width * min(stride, 4)
+
+        top = strides[-1]
+        # 1x1 projections: skips to their stage's width, the coarsest map to the first stage's (cheap 3x3s after)
+        self.lateral = nn.ModuleDict({str(s): nn.Conv2d(c, stage_width(s), 1) for c, s in zip(in_channels, strides)})
+        stages, c = [], stage_width(top)
+        for k in range(int(math.log2(top))):
+            s = top >> (k + 1)
+            stages.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                                        nn.Conv2d(c, stage_width(s), 3, padding=1), nn.LeakyReLU(0.1, inplace=True)))
+            c = stage_width(s)
+        self.stages = nn.ModuleList(stages)
         self.point_mlp = nn.Sequential(nn.Conv2d(c, hidden, 1), nn.LeakyReLU(0.1, inplace=True), nn.Conv2d(hidden, 3, 1))
 
-    def forward(self, feat_BCHW: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-        x = self.upsample(feat_BCHW)
-        if x.shape[-2:] != tuple(out_size):  # inputs not divisible by the stride
+    def forward(self, feats: torch.Tensor | Sequence[torch.Tensor], out_size: tuple[int, int]) -> torch.Tensor:
+        feats = [feats] if isinstance(feats, torch.Tensor) else list(feats)
+        by_stride = dict(zip(self.strides, feats))
+        s = self.strides[-1]
+        x = self.lateral[str(s)](feats[-1])
+        for stage in self.stages:
+            x = stage(x)
+            s //= 2
+            if s in by_stride:
+                skip = by_stride[s]
+                if skip.shape[-2:] != x.shape[-2:]:  # inputs not divisible by the stride
+                    x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+                x = x + self.lateral[str(s)](skip)
+        if x.shape[-2:] != tuple(out_size):
             x = F.interpolate(x, size=out_size, mode="bilinear", align_corners=False)
         return self.point_mlp(x)
 

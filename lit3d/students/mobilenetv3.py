@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import timm
@@ -27,10 +27,11 @@ class MobileNetV3Config(StudentConfig):
     """Local weights file (.safetensors / .pth / .bin) for ``pretrained``; needed where the hub is unreachable."""
     freeze_backbone: bool = False
     """Keep the backbone's weights (and BatchNorm statistics) fixed; only the head trains."""
-    feature_level: int = 3
-    """Which feature map feeds the head: 0..4 = stride 2, 4, 8, 16, 32. Later blocks are dropped."""
+    feature_levels: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    """Feature maps fed to the head (0..4 = stride 2, 4, 8, 16, 32): the deepest gives context, finer ones
+    detail through skip connections. Blocks after the deepest are dropped."""
     head_width: int = 32
-    """Smallest channel width of the head's upsampling stages."""
+    """Channel width of the head at full resolution (x2 per halving, up to x4)."""
 
 
 class MobileNetV3Student(nn.Module):
@@ -39,7 +40,7 @@ class MobileNetV3Student(nn.Module):
         self.cfg = cfg
         self.backbone = _drop_unused_blocks(_create_backbone(cfg))
         info = self.backbone.feature_info
-        self.head = ConvHead(info.channels()[-1], stride=info.reduction()[-1], width=cfg.head_width)
+        self.head = ConvHead(info.channels(), info.reduction(), width=cfg.head_width)
         self.mean, self.std = self.backbone.pretrained_cfg.get("mean"), self.backbone.pretrained_cfg.get("std")
         if cfg.freeze_backbone:
             self.backbone.requires_grad_(False)
@@ -51,12 +52,12 @@ class MobileNetV3Student(nn.Module):
         return self
 
     def forward(self, img_B3HW: torch.Tensor) -> torch.Tensor:
-        feat = self.backbone(normalize_image(img_B3HW, self.mean, self.std))[-1]
-        return self.head(feat, img_B3HW.shape[-2:])
+        feats = self.backbone(normalize_image(img_B3HW, self.mean, self.std))
+        return self.head(feats, img_B3HW.shape[-2:])
 
 
 def _create_backbone(cfg: MobileNetV3Config) -> nn.Module:
-    kwargs = dict(features_only=True, out_indices=(cfg.feature_level,))
+    kwargs = dict(features_only=True, out_indices=tuple(sorted(cfg.feature_levels)))
     if not cfg.pretrained:
         return timm.create_model(cfg.model_name, pretrained=False, **kwargs)
     if cfg.pretrained_file:

@@ -28,7 +28,7 @@ class VanillaCNN(nn.Module):
             layers += [nn.Conv2d(c, c_out, 3, padding=1), nn.ReLU(inplace=True)]
             c = c_out
         self.features = nn.Sequential(*layers)
-        self.head = ConvHead(c, stride=1, hidden=cfg.head_hidden)
+        self.head = ConvHead(c, 1, hidden=cfg.head_hidden)
 
     def forward(self, img_B3HW: torch.Tensor) -> torch.Tensor:
         x = normalize_image(img_B3HW, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))

@@ -33,7 +33,7 @@ class ViTConfig(StudentConfig):
     dropout: float = 0.0
     """Dropout in the MLPs and on the embeddings."""
     head_width: int = 32
-    """Smallest channel width of the head's upsampling stages."""
+    """Channel width of the head at full resolution (x2 per halving, up to x4)."""
 
 
 class Block(nn.Module):
@@ -70,7 +70,7 @@ class ViTStudent(nn.Module):
         self.encoder = nn.Sequential(*[Block(cfg.latent_dim, cfg.num_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth)])
         self.decoder = nn.Sequential(*[Block(cfg.latent_dim, cfg.num_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(cfg.latent_dim)
-        self.head = ConvHead(cfg.latent_dim, stride=p, width=cfg.head_width)
+        self.head = ConvHead(cfg.latent_dim, p, width=cfg.head_width)
 
     def forward(self, img_B3HW: torch.Tensor) -> torch.Tensor:
         B, _, H, W = img_B3HW.shape

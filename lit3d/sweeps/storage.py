@@ -9,6 +9,7 @@ copy with the same parameters (up to ``storage.retries`` times, then it stays FA
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import inspect
 import logging
 import threading
@@ -29,7 +30,8 @@ from lit3d.sweeps.spec import StorageConfig, SweepConfig
 log = logging.getLogger(__name__)
 
 # optuna >= 4.9 renamed the callback (and its RDBStorage argument); older versions only have the first name
-RetryCallback = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", optuna.storages.RetryFailedTrialCallback)
+RetryCallback = (getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+                 or optuna.storages.RetryFailedTrialCallback)
 _RETRY_ARG = ("heartbeat_stale_trial_callback"
               if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
               else "failed_trial_callback")
@@ -42,8 +44,16 @@ MACHINE_KEYS = ("run_dir", "cache_dir", "data.root", "trainer.accelerator", "tra
 
 
 def storage_url(cfg: SweepConfig) -> str:
-    """``storage.url``, or the SQLite file ``<output_dir>/study.db``."""
-    return cfg.storage.url or f"sqlite:///{(Path(cfg.output_dir) / 'study.db').resolve()}"
+    """``storage.url``, or the SQLite file ``<output_dir>/study.db``.
+
+    A bare ``postgresql://`` gets the psycopg2 driver where psycopg (3), SQLAlchemy 2.1's default, is missing.
+    """
+    if not cfg.storage.url:
+        return f"sqlite:///{(Path(cfg.output_dir) / 'study.db').resolve()}"
+    u = sqlalchemy.engine.make_url(cfg.storage.url)
+    if u.drivername == "postgresql" and not importlib.util.find_spec("psycopg") and importlib.util.find_spec("psycopg2"):
+        return u.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return cfg.storage.url
 
 
 def redact(url: str) -> str:
@@ -156,6 +166,8 @@ def claim_next(study: optuna.Study, storage: optuna.storages.RDBStorage) -> int 
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
         try:
             if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+                # beat at once: a trial without any heartbeat would never be found stale if this worker died
+                storage.record_heartbeat(trial_id)
                 return trial_id
         except optuna.exceptions.UpdateFinishedTrialError:
             continue

@@ -151,7 +151,7 @@ def test_collapse_to_zero_is_impossible():
             collapsed = float(obj())
         if normalise:  # the edge scales' geometric mean is pinned, so shrinking cannot lower the loss to zero
             assert collapsed > 0.1 * loss
-            assert abs(float(obj.edge_scale().log().mean()) - np.log(state.s_E).mean()) < 1e-5
+            assert abs(obj.edge_scale().log().mean().item() - np.log(state.s_E).mean()) < 1e-5
         else:  # without the normalisation the trivial solution exists
             assert collapsed < 1e-6 * loss
 
@@ -252,3 +252,34 @@ def test_hundreds_of_images_on_a_sparse_graph():
     scene, edges, pred = case(300, "swin-3", noise=0.01)
     res = run(edges, pred, n_pixels=256)
     assert centre_errors(scene, res.cam2world_N44).max() < 0.01
+
+
+def test_images_seen_only_as_second_view_are_placed_by_pnp():
+    scene = make_scene(5, H, W, seed=3)
+    edges = np.array([[0, j] for j in range(1, 5)])  # one reference image, no reverse pairs
+    pred = make_predictions(scene, edges, noise=0.0, seed=4)
+    res = run(edges, pred, **FAST)
+    assert centre_errors(scene, res.cam2world_N44).max() < 1e-3
+
+
+def test_similarity_averaging_closes_the_loop():
+    from lit3d.align.averaging import average_similarities
+
+    rng = np.random.default_rng(0)
+    n = 40
+    R_true = so3_exp(torch.as_tensor(rng.normal(size=(n, 3)), dtype=torch.float64)).numpy()
+    s_true, t_true = np.exp(rng.normal(size=n)), rng.normal(size=(n, 3))
+    edges = np.array([(k, (k + d) % n) for k in range(n) for d in (1, 2)])
+    i, j = edges[:, 0], edges[:, 1]
+    # M_e = G_i^-1 o G_j
+    R_e = np.einsum("eji,ejk->eik", R_true[i], R_true[j])
+    s_e = s_true[j] / s_true[i]
+    t_e = np.einsum("eji,ej->ei", R_true[i], t_true[j] - t_true[i]) / s_true[i, None]
+    drift = so3_exp(torch.as_tensor(0.05 * rng.normal(size=(n, 3)), dtype=torch.float64)).numpy()
+    s, R, t = average_similarities(n, edges, s_e, R_e, t_e, np.ones(len(edges)), s_true * np.exp(0.1 * rng.normal(size=n)),
+                                   R_true @ drift, t_true + 0.1 * rng.normal(size=(n, 3)), anchors=[0])
+    # the anchor stays at its (perturbed) start: compare up to that gauge
+    G = np.linalg.inv(np.block([[s[0] * R[0], t[0][:, None]], [np.zeros((1, 3)), np.ones((1, 1))]]))
+    T = np.block([[s_true[0] * R_true[0], t_true[0][:, None]], [np.zeros((1, 3)), np.ones((1, 1))]]) @ G
+    np.testing.assert_allclose(t @ T[:3, :3].T + T[:3, 3], t_true, atol=1e-6)
+    np.testing.assert_allclose(s * np.cbrt(np.linalg.det(T[:3, :3])), s_true, rtol=1e-6)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import N_FRAMES, make_folder, write_pose
+from scene_fixtures import N_FRAMES, make_folder, write_pose
 from lit3d.data import DataConfig, SceneError, load_scene
 from lit3d.data.synthetic import synthetic_intrinsics
 from lit3d.geometry import scale_intrinsics

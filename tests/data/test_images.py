@@ -72,6 +72,6 @@ def test_truncated_and_empty(photos, tmp_path):
 
 
 def test_depth_teacher_refuses_images(photos, tmp_path):
-    cfg = load_config([f"data.format=images", f"data.root={photos}", f"cache_dir={tmp_path}/cache"])
+    cfg = load_config(["data.format=images", f"data.root={photos}", f"cache_dir={tmp_path}/cache"])
     with pytest.raises(ValueError, match="needs depth"):
         cache_for(cfg)

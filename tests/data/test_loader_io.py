@@ -35,8 +35,8 @@ def test_read_pose_corrupt_is_distinguishable(tmp_path, text):
     assert str(path) in one_line(e)
 
 
-@pytest.mark.parametrize("text", ["1 0 0 0\n0 1 0 0\n0 0 1 0\n", "1 0 0\n0 1 0\n0 0 1\n", "1 0 0 0\n0 2 0 0\n0 0 1 0\n0 0 0 1\n",
-                                  "1 0 0 x\n0 1 0 0\n0 0 1 0\n0 0 0 1\n", ""])
+@pytest.mark.parametrize("text", ["1 0 0 0\n0 1 0 0\n0 0 1 0\n", "1 0 0\n0 1 0\n0 0 1\n",
+                                  "1 0 0 0\n0 2 0 0\n0 0 1 0\n0 0 0 1\n", "1 0 0 x\n0 1 0 0\n0 0 1 0\n0 0 0 1\n", ""])
 def test_read_pose_not_rigid_4x4(tmp_path, text):
     path = tmp_path / "frame-000001.pose.txt"
     path.write_text(text)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import COLOR_12S, N_FRAMES
+from scene_fixtures import COLOR_12S, N_FRAMES
 from lit3d.data import DataConfig, SceneError, load_scene
 from lit3d.data.synthetic import render
 from lit3d.geometry import scale_intrinsics

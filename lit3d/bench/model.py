@@ -1,0 +1,204 @@
+"""``python -m lit3d.bench model``: how much smaller and faster are the students than the DUSt3R teacher?
+
+In one process on one device: each student's forward latency (p50 / p95 per batch, ms) and throughput (images/s)
+at ``--resolution`` and ``--batch-size``; the DUSt3R teacher's forward for one pair of distinct images at the same
+resolution (random weights: the same compute as the released ones); the ratio teacher seconds per pair / student
+seconds per image; parameter counts and MB (parameters and buffers as stored, 1 MB = 2**20 bytes). Then the
+input pipeline (preloaded DataLoader, images/s) against each student's training step at the data config's
+``loader.resolution`` and ``loader.batch_size`` (``lit3d.bench.data``'s measurement): a ratio above 1 means the
+loader never starves training.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lit3d.bench.data import _rate
+from lit3d.cache import build_labels
+from lit3d.cache.datamodule import CachedFrames
+from lit3d.config import load_config
+from lit3d.students import create_student, model_size
+from lit3d.students.module import StudentModule
+from lit3d.teachers import create_teacher
+from lit3d.teachers.dust3r import PRESETS
+
+log = logging.getLogger("lit3d.bench.model")
+
+
+@dataclass
+class Row:
+    name: str
+    unit: str
+    """What one item is: image (students) or pair (teacher)."""
+    device: str
+    dtype: str
+    """Compute dtype: students fp32; the teacher autocasts to ``teacher.amp`` on GPU, as when labelling."""
+    batch: int
+    params: int
+    size_mb: float
+    p50_ms: float
+    """Median latency of one forward of ``batch`` items."""
+    p95_ms: float
+    items_per_s: float
+    ratio: float = float("nan")
+    """Teacher seconds per pair / this model's seconds per image."""
+
+
+def time_forward(fn, n_items: int, iters: int, warmup: int, max_seconds: float,
+                 cuda: bool) -> tuple[float, float, float]:
+    """(p50 ms, p95 ms, items/s) of ``fn``: ``warmup`` untimed calls, then ``iters`` timed ones (at least 2,
+    fewer when they exceed ``max_seconds``)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    while len(times) < iters and (len(times) < 2 or sum(times) < max_seconds):
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    ms = 1000 * np.array(times)
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), n_items * len(times) / sum(times)
+
+
+def parse_student(spec: str, extra: list[str] | None = None):
+    """Student config of ``NAME`` or ``NAME:key=value,key=value`` (student.* fields, typed by the config)."""
+    name, _, kv = spec.partition(":")
+    items = re.split(r",(?=[A-Za-z_][\w.]*=)", kv)  # commas inside list values ([8,16]) do not split
+    return load_config([f"student={name}", *(f"student.{x}" for x in items if x), *(extra or [])])
+
+
+@torch.no_grad()
+def bench_students(specs: list[str], hw: tuple[int, int], batch: int, device: torch.device, args) -> list[Row]:
+    rows = []
+    for spec in specs:
+        net = create_student(parse_student(spec).student, hw).to(device).eval()
+        x_B3HW = torch.rand(batch, 3, *hw, device=device)
+        size = model_size(net)
+        p50, p95, ips = time_forward(lambda: net(x_B3HW), batch, args.iters, args.warmup, args.max_seconds,
+                                     device.type == "cuda")
+        rows.append(Row(f"student {spec}", "image", device.type, "fp32", batch, int(size["params"]), size["size_mb"],
+                        p50, p95, ips))
+        log.info("%s: %.1f ms per batch of %d (p50), %.1f images/s", spec, p50, batch, ips)
+        del net
+    return rows
+
+
+def bench_teacher(preset: str, overrides: list[str], hw: tuple[int, int], device: torch.device, args) -> Row:
+    cfg = load_config(["teacher=dust3r", "teacher.random_init=true", f"teacher.preset={preset}",
+                       "teacher.batch_size=1", *(f"teacher.{o}" for o in overrides)])
+    teacher = create_teacher(cfg.teacher).to(device)
+    images = torch.rand(2, 3, *hw, device=device)
+    # one pair of two distinct images, as labelling runs it (each image encoded once)
+    pair = {"img_i": images[:1], "img_j": images[1:], "idx_i": torch.tensor([0], device=device),
+            "idx_j": torch.tensor([1], device=device)}
+    size = model_size(teacher.net)
+    p50, p95, pps = time_forward(lambda: teacher(pair), 1, args.teacher_iters, 1, float("inf"), device.type == "cuda")
+    log.info("teacher %s: %.0f ms per pair (p50)", preset, p50)
+    name = f"teacher {preset}" + (f" [{' '.join(overrides)}]" if overrides else "")
+    dtype = teacher.cfg.amp.replace("none", "fp32") if device.type == "cuda" else "fp32"
+    return Row(name, "pair", device.type, dtype, 1, int(size["params"]), size["size_mb"], p50, p95,
+               pps)
+
+
+def bench_data(specs: list[str], data_overrides: list[str], min_seconds: float) -> list[tuple[str, float]]:
+    """(stage, images/s): the preloaded DataLoader, then each student's training step on the same config."""
+    cfg = load_config(["trainer.enable_progress_bar=false", *data_overrides])
+    cache, _ = build_labels(cfg)
+    names = cache.split["train"]
+    size = tuple(cfg.loader.resolution)
+    ds = CachedFrames(cache, names, size, cfg.loader.color_jitter)
+    dl = torch.utils.data.DataLoader(ds, batch_size=cfg.loader.batch_size, shuffle=True,
+                                     num_workers=cfg.loader.num_workers)
+    rates = [(f"DataLoader preloaded, {size[0]}x{size[1]}, batch {cfg.loader.batch_size}",
+              _rate(lambda: [None for _ in dl], len(ds), min_seconds))]
+    batch = torch.utils.data.default_collate([ds[k] for k in range(min(cfg.loader.batch_size, len(ds)))])
+    for spec in specs:
+        module = StudentModule.from_config(parse_student(spec, data_overrides), {"mean": torch.zeros(3),
+                                                                                 "std": torch.ones(3)})
+        opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
+
+        def step() -> None:
+            module._loss(batch).backward()
+            opt.step()
+            opt.zero_grad()
+
+        rates.append((f"train step student {spec}", _rate(step, len(batch["image"]), min_seconds)))
+    return rates
+
+
+def format_table(rows: list[Row]) -> str:
+    w = max([len(r.name) for r in rows] + [5])
+    head = (f"{'model':<{w}} {'per':>5} {'device':>6} {'dtype':>5} {'batch':>5} {'params M':>9} {'MB':>8} "
+            f"{'p50 ms':>9} {'p95 ms':>9} {'items/s':>9} {'teacher/student':>15}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r.name:<{w}} {r.unit:>5} {r.device:>6} {r.dtype:>5} {r.batch:>5} {r.params / 1e6:>9.3f} "
+                     f"{r.size_mb:>8.2f} {r.p50_ms:>9.2f} {r.p95_ms:>9.2f} {r.items_per_s:>9.2f} {r.ratio:>15.1f}")
+    return "\n".join(lines)
+
+
+def format_data_table(rates: list[tuple[str, float]]) -> str:
+    loader, w = rates[0][1], max(len(n) for n, _ in rates + [("input pipeline vs training step", 0.0)])
+    lines = [f"{'input pipeline vs training step':<{w}} {'images/s':>9} {'loader/step':>11}", "-" * (w + 22)]
+    lines += [f"{name:<{w}} {ips:>9.1f} {loader / ips:>11.1f}" for name, ips in rates]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m lit3d.bench model", description=__doc__.split("\n\n")[0])
+    p.add_argument("--students", nargs="+", default=["mobilenetv3", "vanilla_cnn", "vit"], metavar="NAME[:k=v,...]",
+                   help="students with their defaults, or NAME:key=value,... (e.g. vit:depth=4,patch_size=8)")
+    p.add_argument("--resolution", nargs=2, type=int, default=[384, 512], metavar=("H", "W"),
+                   help="input of students and teacher, pixels (multiples of 16 for DUSt3R; default its 512 crop)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per student forward")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--iters", type=int, default=20, help="timed student forwards (fewer past --max-seconds)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed student forwards first")
+    p.add_argument("--max-seconds", type=float, default=15.0, help="stop timing a student after this (min 2 runs)")
+    p.add_argument("--teacher-preset", default="DUSt3R_ViTLarge_BaseDecoder_512_dpt", choices=list(PRESETS))
+    p.add_argument("--teacher-iters", type=int, default=3, help="timed teacher forwards (after one warm-up)")
+    p.add_argument("--teacher", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="teacher.* overrides, e.g. enc_depth=2 for a smaller network (default: the preset's)")
+    p.add_argument("--no-teacher", action="store_true", help="skip the teacher")
+    p.add_argument("--data", nargs="*", default=["data.num_frames=48"], metavar="KEY=VALUE",
+                   help="config of the input-pipeline part (default: 48 frames of the synthetic scene)")
+    p.add_argument("--no-data", action="store_true", help="skip the input-pipeline part")
+    p.add_argument("--data-seconds", type=float, default=2.0, help="seconds per input-pipeline measurement")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    return p.parse_args(argv)
+
+
+def run(argv: list[str]) -> tuple[list[Row], list[tuple[str, float]]]:
+    """Measure what ``argv`` asks; returns the model rows and the input-pipeline rates."""
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    hw = tuple(args.resolution)
+    log.info("device %s, %d CPU threads, input %dx%d, batch %d", device, torch.get_num_threads(), *hw,
+             args.batch_size)
+    rows = bench_students(args.students, hw, args.batch_size, device, args)
+    if not args.no_teacher:
+        teacher = bench_teacher(args.teacher_preset, args.teacher, hw, device, args)
+        for r in rows:  # teacher seconds per pair / student seconds per image
+            r.ratio = r.items_per_s / teacher.items_per_s
+        rows.append(teacher)
+    rates = [] if args.no_data else bench_data(args.students, args.data, args.data_seconds)
+    return rows, rates
+
+
+def main(argv: list[str]) -> None:
+    rows, rates = run(argv)
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print(format_table(rows))
+    if rates:
+        print()
+        print(format_data_table(rates))

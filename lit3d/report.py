@@ -1,0 +1,199 @@
+"""``python -m lit3d.report RUN_DIRS... [--group-by KEY ...] [--metrics M ...] [--out DIR]``: tables of many runs.
+
+Gathers ``metrics.json`` and ``config.yaml`` of run directories (or of every run below the folders given) into one
+table grouped by scene (``data.format`` with ``data.root``, or the synthetic ``data.seed``) and by any config keys,
+with the mean and, over several runs (seeds), the sample std per group. Writes into ``--out``: ``report.csv``
+(one row per group), ``report.md`` (per metric: rows = scene and the other keys, columns = values of the first
+``--group-by`` key: the shape of the paper's Table 1 with ``trainer.max_epochs`` and of Table 2 with
+``student.freeze_backbone``) and ``loss_curves.png`` (training and validation loss of every run on one plot).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from lit3d.data.io import atomic_write_bytes
+
+log = logging.getLogger("lit3d.report")
+
+DEFAULT_METRICS = ("test/l2_mean", "eval/student_vs_gt/l2_mean", "eval/teacher_vs_gt/l2_mean", "loc/acc_5cm5deg",
+                   "loc/median_t_cm", "loc/median_r_deg", "loc_teacher/acc_5cm5deg", "model/size_mb", "time/fit_s")
+"""Metrics reported when ``--metrics`` is not given (those present in at least one run)."""
+
+
+def find_runs(paths: list[str | Path]) -> list[Path]:
+    """Run directories (holding config.yaml and metrics.json) among ``paths`` and below them, sorted, unique."""
+    runs: set[Path] = set()
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise FileNotFoundError(f"{p} is not a directory")
+        found = [m.parent for m in p.rglob("metrics.json") if (m.parent / "config.yaml").is_file()]
+        if not found:
+            log.warning("no run directory (config.yaml + metrics.json) in %s", p)
+        runs.update(found)
+    return sorted(runs)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one dict of dotted keys (lists kept as values)."""
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(flatten(v, f"{prefix}{k}."))
+    return out
+
+
+def scene_of(config: dict[str, Any]) -> str:
+    """A scene's label: format and folder name, or for the synthetic scene its seed."""
+    fmt, root = config.get("data.format", "?"), config.get("data.root") or ""
+    return f"{fmt}:{Path(root).name or root}" if root else f"{fmt}:seed{config.get('data.seed', 0)}"
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    """``{'run', 'scene', 'config' (dotted keys), 'metrics'}`` of one run directory."""
+    config = flatten(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {"run": run_dir, "scene": scene_of(config), "config": config, "metrics": metrics}
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v) else None
+
+
+def group_table(runs: list[dict], group_by: list[str], metrics: list[str]) -> list[dict[str, Any]]:
+    """One row per (scene, group-by values): ``n_runs``, then ``M`` (mean) and ``M std`` (sample std, n > 1)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        key = (r["scene"], *(_value(r["config"].get(k, "-")) for k in group_by))
+        groups.setdefault(key, []).append(r)
+    rows = []
+    for key in sorted(groups, key=lambda k: tuple(map(_sort_key, k))):
+        members = groups[key]
+        row: dict[str, Any] = {"scene": key[0], **dict(zip(group_by, key[1:])), "n_runs": len(members),
+                               "runs": ";".join(str(m["run"]) for m in members)}
+        for m in metrics:
+            vals = [x for x in (_number(r["metrics"].get(m)) for r in members) if x is not None]
+            mean = sum(vals) / len(vals) if vals else float("nan")
+            std = (math.sqrt(sum((x - mean) ** 2 for x in vals) / (len(vals) - 1))
+                   if len(vals) > 1 and math.isfinite(mean) else float("nan"))
+            row[m], row[f"{m} std"] = mean, std
+        rows.append(row)
+    return rows
+
+
+def _value(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+
+def _sort_key(v: str) -> tuple:
+    """Numbers in numeric order, before other strings (epochs 5 < 20 < 100)."""
+    try:
+        return (0, float(v), "")
+    except ValueError:
+        return (1, 0.0, v)
+
+
+def _cell(row: dict, metric: str) -> str:
+    mean, std, n = row[metric], row[f"{metric} std"], row["n_runs"]
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.4g} ± {std:.2g} (n={n})" if not math.isnan(std) else f"{mean:.4g}" + (f" (n={n})" if n > 1 else "")
+
+
+def markdown(rows: list[dict], group_by: list[str], metrics: list[str]) -> str:
+    """Per metric a pivot (rows: scene and group_by[1:], columns: group_by[0]); without group-by one table."""
+    def table(head: list[str], body: list[list[str]]) -> list[str]:
+        return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(b) + " |" for b in body)]
+
+    if not group_by:
+        return "\n".join(table(["scene", *metrics], [[r["scene"], *(_cell(r, m) for m in metrics)] for r in rows]))
+    col_key, row_keys = group_by[0], ["scene", *group_by[1:]]
+    cols = sorted({r[col_key] for r in rows}, key=_sort_key)
+    row_ids = list(dict.fromkeys(tuple(r[k] for k in row_keys) for r in rows))
+    out = []
+    for m in metrics:
+        body = []
+        for rid in row_ids:
+            by_col = {r[col_key]: r for r in rows if tuple(r[k] for k in row_keys) == rid}
+            body.append([*rid, *(_cell(by_col[c], m) if c in by_col else "" for c in cols)])
+        out += [f"### {m}", "", *table([*row_keys, *(f"{col_key}={c}" for c in cols)], body), ""]
+    return "\n".join(out)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def report(paths: list[str | Path], group_by: list[str] | None = None, metrics: list[str] | None = None,
+           out: str | Path = "report") -> tuple[list[dict], str]:
+    """Gather the runs under ``paths`` into ``out``/report.{csv,md} and loss_curves.png; returns (rows, markdown)."""
+    from lit3d.viz.figures import loss_curves
+    from lit3d.viz.run import load_curves
+
+    group_by = list(group_by or [])
+    runs = [load_run(p) for p in find_runs(paths)]
+    if not runs:
+        raise FileNotFoundError(f"no run directories under {', '.join(map(str, paths))}")
+    if metrics is None:
+        metrics = [m for m in DEFAULT_METRICS if any(m in r["metrics"] for r in runs)]
+    unknown = [k for k in group_by if not any(k in r["config"] for r in runs)]
+    if unknown:
+        raise ValueError(f"--group-by {', '.join(unknown)}: no run's config has such a key")
+    rows = group_table(runs, group_by, metrics)
+    md = markdown(rows, group_by, metrics)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "report.csv", rows)
+    atomic_write_bytes(out / "report.md", (f"# lit3d report: {len(runs)} runs\n\n" + md + "\n").encode())
+    labels = _short_labels([r["run"] for r in runs])
+    loss_curves(out / "loss_curves.png", {labels[r["run"]]: load_curves(r["run"]) for r in runs})
+    log.info("%d runs in %d groups -> %s", len(runs), len(rows), out)
+    return rows, md
+
+
+def _short_labels(paths: list[Path]) -> dict[Path, str]:
+    """The shortest trailing path parts that tell the runs apart (for legends)."""
+    for depth in range(1, max(len(p.parts) for p in paths) + 1):
+        labels = {p: "/".join(p.parts[-depth:]) for p in paths}
+        if len(set(labels.values())) == len(paths):
+            return labels
+    return {p: str(p) for p in paths}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lit3d.cli import USER_ERRORS, setup_logging
+
+    p = argparse.ArgumentParser(prog="python -m lit3d.report", description=__doc__.split("\n\n")[1])
+    p.add_argument("runs", nargs="+", help="run directories, or folders containing run directories")
+    p.add_argument("--group-by", nargs="+", default=[], metavar="KEY",
+                   help="config keys (e.g. trainer.max_epochs, student.freeze_backbone); the first makes the columns")
+    p.add_argument("--metrics", nargs="+", default=None, metavar="M",
+                   help=f"metrics.json keys (default: those of {', '.join(DEFAULT_METRICS)} that exist)")
+    p.add_argument("--out", default="report", help="output folder (default ./report)")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    setup_logging()
+    try:
+        _, md = report(args.runs, args.group_by, args.metrics, args.out)
+    except USER_ERRORS as e:
+        log.error("%s", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return 2
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""``python -m lit3d.bench model`` on tiny settings: the table's structure, not its timings."""
+import pytest
+
+from lit3d.bench.model import Row, format_table, parse_student, run
+
+TINY_TEACHER = ["enc_embed_dim=32", "enc_depth=1", "enc_num_heads=2", "dec_embed_dim=32", "dec_depth=4",
+                "dec_num_heads=2", "dpt_feature_dim=16", "dpt_last_dim=8", "dpt_layer_dims=[8,8,16,16]"]
+STUDENTS = ["vanilla_cnn:channels=[4,4,8,8,8,8],head_hidden=8", "vit:depth=1,latent_dim=16,num_heads=2,patch_size=8"]
+
+
+def test_student_spec_keeps_list_values():
+    cfg = parse_student("vanilla_cnn:channels=[4,4,8,8,8,8],head_hidden=8")
+    assert cfg.student.name == "vanilla_cnn" and cfg.student.channels == [4, 4, 8, 8, 8, 8]
+    assert cfg.student.head_hidden == 8
+
+
+def test_table_layout():
+    rows = [Row("student a", "image", "cpu", "fp32", 2, 1000, 0.1, 1.0, 2.0, 2000.0, 100.0),
+            Row("teacher b", "pair", "cpu", "fp32", 1, 10**8, 400.0, 20.0, 30.0, 20.0)]
+    lines = format_table(rows).splitlines()
+    assert lines[0].split() == ["model", "per", "device", "dtype", "batch", "params", "M", "MB", "p50", "ms", "p95",
+                                "ms", "items/s", "teacher/student"]
+    assert len(lines) == 4 and lines[2].split()[-1] == "100.0" and lines[3].split()[-1] == "nan"
+
+
+@pytest.mark.slow
+def test_bench_model_tiny(tmp_path, capsys):
+    rows, rates = run(["--students", *STUDENTS, "--resolution", "32", "32", "--batch-size", "2", "--device", "cpu",
+                       "--iters", "2", "--warmup", "1", "--teacher-iters", "1", "--teacher", *TINY_TEACHER,
+                       "--data", "data.num_frames=8", "data.resolution=[24,32]", "loader.resolution=[24,32]",
+                       "loader.batch_size=4", f"cache_dir={tmp_path}", "--data-seconds", "0.1"])
+    assert [r.name.split()[0] for r in rows] == ["student", "student", "teacher"]
+    assert [r.unit for r in rows] == ["image", "image", "pair"] and rows[0].batch == 2
+    for r in rows:
+        assert r.params > 0 and r.size_mb > 0 and 0 < r.p50_ms <= r.p95_ms and r.items_per_s > 0
+    for r in rows[:2]:  # the ratio is the teacher's seconds per pair over the student's seconds per image
+        assert r.ratio == pytest.approx(r.items_per_s / rows[2].items_per_s)
+    assert [name.split()[0] for name, _ in rates] == ["DataLoader", "train", "train"]
+    assert all(ips > 0 for _, ips in rates)

@@ -1,0 +1,120 @@
+"""``python -m lit3d.evaluate`` on a tiny run: metrics, per-frame CSV, figures, exports, and the wiring of
+frames and intrinsics checked by localizing the synthetic scene's exact teacher labels."""
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lit3d.cache import build_labels
+from lit3d.evaluate import (EvalOptions, evaluate_run, labels_to_gt, main, parse_args, pose_to_gt, run_config,
+                            sampling_matrix)
+from lit3d.export import read_ply
+from lit3d.fit import fit
+from lit3d.geometry import look_at, transform_points
+from lit3d.metrics.localization import localize, pose_errors
+
+LOC_KEYS = ("acc_2cm2deg", "acc_5cm5deg", "acc_10cm10deg", "median_t_cm", "median_r_deg", "inlier_ratio",
+            "time_ms_per_frame", "failure_rate")
+
+
+def test_sampling_matrix_follows_the_nearest_label_sampling():
+    assert np.allclose(sampling_matrix((24, 32), (24, 32)), np.eye(3))
+    # ratio 2: student pixel u took label pixel floor((u + 0.5) * 2) = 2u + 1, not the box centre 2u + 0.5
+    np.testing.assert_allclose(sampling_matrix((48, 64), (24, 32)), [[2, 0, 1], [0, 2, 1], [0, 0, 1]], atol=1e-9)
+    np.testing.assert_allclose(sampling_matrix((72, 96), (24, 32)), [[3, 0, 1], [0, 3, 1], [0, 0, 1]], atol=1e-9)
+
+
+def test_pose_to_gt_maps_a_pose_through_a_similarity():
+    cam2world_44 = look_at(np.array([1.0, 2.0, 0.5]), np.array([0.0, 0.0, 1.0]))
+    S_44 = np.eye(4)
+    S_44[:3, :3] = 2.5 * look_at(np.zeros(3), np.array([1.0, 1.0, 0.3]))[:3, :3]
+    S_44[:3, 3] = [0.3, -1.0, 2.0]
+    out = pose_to_gt(S_44, cam2world_44)
+    np.testing.assert_allclose(out[:3, 3], S_44[:3, :3] @ cam2world_44[:3, 3] + S_44[:3, 3])
+    np.testing.assert_allclose(out[:3, :3] @ out[:3, :3].T, np.eye(3), atol=1e-12)
+    assert pose_to_gt(S_44, None) is None
+
+
+class MovedLabels:
+    """A cache whose labels a similarity moved out of the dataset frame, as a non-metric teacher's would be."""
+
+    labels_info = {"frame": "first_camera", "unit": "normalised"}
+
+    def __init__(self, cache, T_44: np.ndarray):
+        self.cache, self.T_44 = cache, T_44
+
+    def load_frame(self, name: str) -> dict:
+        f = dict(self.cache.load_frame(name))
+        f["pts_world"] = transform_points(self.T_44, f["pts_world"].astype(np.float64)).astype(np.float32)
+        return f
+
+
+def test_labels_in_another_frame_are_mapped_back_for_gt_errors_and_poses(tiny_cfg):
+    cache, _ = build_labels(tiny_cfg())
+    T_44 = np.eye(4)
+    T_44[:3, :3] = 0.4 * look_at(np.zeros(3), np.array([0.3, 1.0, -0.2]))[:3, :3]
+    T_44[:3, 3] = [1.0, -2.0, 0.5]
+    moved = MovedLabels(cache, T_44)
+    S_44, how = labels_to_gt(moved, cache.split["train"])
+    assert how.startswith("sim3") and "scale 2.5" in how
+    np.testing.assert_allclose(S_44 @ T_44, np.eye(4), atol=1e-4)
+    f = moved.load_frame(cache.split["test"][0])
+    res = localize(f["pts_world"], f["valid"], f["K"], reprojection_px=1.0)
+    t_cm, r_deg = pose_errors(pose_to_gt(S_44, res.cam2world_44), f["cam2world"].astype(np.float64))
+    assert t_cm < 0.1 and r_deg < 0.1
+
+
+def test_arguments_and_one_line_errors(tmp_path, caplog):
+    run_dir, opts, overrides = parse_args(["runs/x", "checkpoint=last", "exports=false", "data.stride=2",
+                                           "reprojection_px=2.5"])
+    assert run_dir == "runs/x" and overrides == ["data.stride=2"]
+    assert opts == EvalOptions(checkpoint="last", exports=False, reprojection_px=2.5)
+    assert main(["--help"]) == 0
+    with caplog.at_level(logging.ERROR):
+        assert main([str(tmp_path / "missing")]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "not a run directory" in errors[0]
+
+
+@pytest.mark.slow
+def test_evaluate_a_tiny_run(tiny_cfg):
+    # labels at 48x64, student at 24x32: the label -> student intrinsics scaling is part of what is checked
+    cfg = tiny_cfg("data.resolution=[48,64]")
+    fit(cfg)
+    run = Path(cfg.run_dir)
+    assert main([str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "test/l2_mean" in metrics and "model/size_mb" in metrics  # fit's keys survive the merge
+    for prefix in ("loc/", "loc_teacher/"):
+        assert all(prefix + k in metrics for k in LOC_KEYS), prefix
+    for who in ("student_vs_teacher", "teacher_vs_gt", "student_vs_gt"):
+        assert f"eval/{who}/l2_mean" in metrics and f"eval/{who}/acc_5cm" in metrics
+    assert metrics["eval/gt_alignment"] == "identity" and metrics["eval/student_ms_per_image"] > 0
+
+    # the depth teacher's labels are exact: PnP on them must give the true poses back (frames, K scaling)
+    assert metrics["eval/teacher_vs_gt/l2_mean"] < 1e-5
+    assert metrics["loc_teacher/acc_2cm2deg"] == 1.0 and metrics["loc_teacher/inlier_ratio"] > 0.99
+    names = build_labels(run_config(run))[0].split["test"]
+    with open(run / "eval_frames.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["frame"] for r in rows] == names
+    assert all(float(r["teacher_t_cm"]) < 0.1 and float(r["teacher_r_deg"]) < 0.1 for r in rows)
+
+    for name in ("eval_frames.png", "eval_loc_cdf_t.png", "eval_loc_cdf_r.png", "eval_pointclouds.html",
+                 "exports/student.onnx", "exports/student.ts"):
+        assert (run / name).stat().st_size > 0, name
+    for fmt in ("onnx", "torchscript"):
+        assert metrics[f"export/{fmt}_max_abs_diff"] <= metrics[f"export/{fmt}_atol"]
+        assert 0 < metrics[f"export/{fmt}_size_mb"] < 5
+    pts_N3, rgb_N3 = read_ply(run / "exports" / "teacher_test.ply")
+    assert len(pts_N3) == len(rgb_N3) == len(names) * 24 * 32  # every synthetic pixel has depth
+    assert len(read_ply(run / "exports" / "student_test.ply")[0]) == len(names) * 24 * 32
+
+    # a re-run without exports keeps the export keys and replaces the rest
+    again = evaluate_run(run, options=EvalOptions(checkpoint="last", exports=False, figure_frames=1))
+    merged = json.loads((run / "metrics.json").read_text())
+    assert merged["eval/checkpoint"].endswith("last.ckpt") and "export/onnx_size_mb" in merged
+    assert merged["loc/median_t_cm"] == again["loc/median_t_cm"]
