@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 class LoaderConfig:
     resolution: list[int] = field(default_factory=lambda: [48, 64])
     """(H, W) of the student's input and output; labels are resized to it consistently with the images."""
-    batch_size: int = 16
+    batch_size: int = 8
     """Images per training step."""
     num_workers: int = 0
     """DataLoader worker processes (0 = load in the training process)."""

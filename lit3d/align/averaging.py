@@ -8,14 +8,11 @@ conjugate gradients (memory O(N + E), iterations ~ graph diameter).
 """
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 
 from lit3d.geometry import umeyama_sim3
 
-log = logging.getLogger(__name__)
 CG_ITERS_PER_IMAGE = 10
 """Cap of conjugate-gradient iterations per image (a ring of n images needs about n)."""
 
@@ -36,7 +33,8 @@ def relative_similarities(A: np.ndarray, B: np.ndarray, wa: np.ndarray, wb: np.n
         sl = slice(k0, k0 + chunk)
         e, oi, oj = edge_ids[sl], own_edge[edges_E2[sl, 0]], own_edge[edges_E2[sl, 1]]
         w = (wa[oi] * wa[e])[..., None]
-        a = (w * A[e] * A[oi]).sum((1, 2), dtype=np.float64) / np.maximum((w * A[oi] ** 2).sum((1, 2), dtype=np.float64), 1e-30)
+        a = (w * A[e] * A[oi]).sum((1, 2), dtype=np.float64)
+        a /= np.maximum((w * A[oi] ** 2).sum((1, 2), dtype=np.float64), 1e-30)
         s_T, R[sl], t_T = umeyama_sim3(A[oj], B[e], wa[oj] * wb[e])
         s[sl], t[sl] = s_T / a, t_T / a[:, None]
     return s, R, t

@@ -21,7 +21,7 @@ class AlignConfig:
     """global: learning rate at the last iteration."""
     schedule: str = "cosine"
     """global: decay from ``lr`` to ``lr_min``: ``cosine``, ``linear`` or ``constant``."""
-    n_pixels: int = 1024
+    n_pixels: int = 512
     """global: pixels per image the optimisation runs on (0 = every pixel); dense pointmaps are then fused in
     closed form from the solved poses, focals and edge similarities."""
     sampling: str = "grid"
@@ -36,16 +36,18 @@ class AlignConfig:
     """global: confidence a pixel needs to take part in the spanning-tree initialisation (DUSt3R's
     ``min_conf_thr``); falls back to every valid pixel for edges with too few."""
     use_known_intrinsics: bool = True
-    """global: use the scene's intrinsics (focal and principal point) instead of solving one focal per image
-    with the principal point at (W/2, H/2)."""
+    """global, pipeline: use the scene's intrinsics (focals and principal points) instead of solving one focal
+    per image with the principal point at (W/2, H/2)."""
     known_pose_mode: str = "fixed"
     """global, when the scene has poses: ``fixed`` (known poses kept exactly, the rest solved, result in the
     dataset frame), ``anchor`` (solve every pose, then a Sim(3) fit of the camera centres to the known ones
-    expresses the result in the dataset frame) or ``ignore`` (first camera at the origin, normalised scale)."""
+    expresses the result in the dataset frame) or ``ignore`` (first camera at the origin; scale normalised so the
+    median distance of the points to it is 1, or metres for a metric teacher)."""
     on_disconnected: str = "error"
     """global: an edge graph with several connected components is an ``error`` or aligned per ``components``
     (each in its own frame unless known poses anchor it; see ``AlignResult.component_N``)."""
     device: str = "cpu"
     """global: torch device of the optimisation (``cpu``, ``cuda``, ``cuda:1``, ``auto``)."""
     chunk_edges: int = 256
-    """global: edges processed at once when reading dense predictions (bounds the extra memory)."""
+    """global: edges processed at once when reading predictions and per step of the loss on a CPU (x32 on a GPU);
+    bounds the extra memory."""

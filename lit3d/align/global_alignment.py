@@ -18,7 +18,7 @@ import torch
 from lit3d.align.config import AlignConfig
 from lit3d.align.dense import Solution, fuse_dense
 from lit3d.align.init import State, connected_components, fit_edges, init_state, world_points
-from lit3d.align.inputs import EdgeInputs, Samples, check_inputs, conf_weight, gather_samples, sample_pixels
+from lit3d.align.inputs import EdgeInputs, check_inputs, conf_weight, gather_samples, sample_pixels
 from lit3d.align.optimize import OptimConfig, optimise, robust_weight
 from lit3d.align.result import AlignResult
 from lit3d.geometry import is_valid_pose, umeyama_sim3
@@ -75,6 +75,11 @@ def _known_arrays(inp: EdgeInputs, known_poses, known_intrinsics, mode: str):
             raise ValueError(f"global_alignment: known_intrinsics has shape {k.shape}, expected ({N}, 3, 3) or ({N},)")
         if not (np.isfinite(K).all() and (K[:, 0, 0] > 0).all() and (K[:, 1, 1] > 0).all()):
             raise ValueError("global_alignment: known_intrinsics must be finite with positive focals")
+        outside = (K[:, 0, 2] < 0) | (K[:, 0, 2] > W) | (K[:, 1, 2] < 0) | (K[:, 1, 2] > H)
+        if outside.any():  # most likely intrinsics of another resolution than the predictions'
+            k = int(np.flatnonzero(outside)[0])
+            raise ValueError(f"global_alignment: known_intrinsics of image {k} put the principal point at "
+                             f"({K[k, 0, 2]:g}, {K[k, 1, 2]:g}), outside the {H}x{W} predictions")
     return poses, K
 
 
@@ -82,7 +87,8 @@ def align_global(cfg: AlignConfig, inp: EdgeInputs, known_poses=None, known_intr
                  metric: bool = False) -> AlignResult:
     """Checked inputs -> :class:`AlignResult`; disconnected graphs per ``cfg.on_disconnected``."""
     if cfg.known_pose_mode not in KNOWN_POSE_MODES:
-        raise ValueError(f"align.known_pose_mode: unknown mode {cfg.known_pose_mode!r}; valid: {', '.join(KNOWN_POSE_MODES)}")
+        raise ValueError(f"align.known_pose_mode: unknown mode {cfg.known_pose_mode!r}; "
+                         f"valid: {', '.join(KNOWN_POSE_MODES)}")
     poses, K = _known_arrays(inp, known_poses, known_intrinsics, cfg.known_pose_mode)
     labels = connected_components(inp.n_images, inp.edges_E2)
     in_edges = np.zeros(inp.n_images, bool)

@@ -118,7 +118,8 @@ def pair_consistency(A: np.ndarray, B: np.ndarray, wa: np.ndarray, wb: np.ndarra
         q = s2[:, None, None] * p @ R2.transpose(0, 2, 1) + t2[:, None]
         q = s1[:, None, None] * q @ R1.transpose(0, 2, 1) + t1[:, None]
         w = wa[e]
-        err[e] = (w * np.linalg.norm(q - p, axis=-1)).sum(1) / np.maximum((w * np.linalg.norm(p, axis=-1)).sum(1), 1e-12)
+        norm = np.maximum((w * np.linalg.norm(p, axis=-1)).sum(1), 1e-12)
+        err[e] = (w * np.linalg.norm(q - p, axis=-1)).sum(1) / norm
     return err
 
 

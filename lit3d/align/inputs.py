@@ -148,7 +148,8 @@ def sample_pixels(inp: EdgeInputs, n_pixels: int, mode: str, chunk: int) -> np.n
     order = np.argsort(cell, kind="stable")
     sizes = np.bincount(cell, minlength=rows * cols)
     table = np.full((rows * cols, sizes.max()), H * W)  # (cells, pixels of the cell), padded
-    table[np.repeat(np.arange(rows * cols), sizes), np.arange(H * W) - np.repeat(np.cumsum(sizes) - sizes, sizes)] = order
+    slot = np.arange(H * W) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # position of each pixel in its cell
+    table[np.repeat(np.arange(rows * cols), sizes), slot] = order
     best = total[:, table].argmax(-1)  # (N, cells)
     return np.sort(table[np.arange(rows * cols)[None, :], best], axis=1)
 

@@ -42,7 +42,8 @@ def orthonormalise(R_B33: np.ndarray) -> np.ndarray:
 
 
 def robust_rho(dist: torch.Tensor, kind: str, scale: float) -> torch.Tensor:
-    """Reference (autograd) form of the per-pixel loss that ``EdgeLoss`` differentiates by hand. Per-pixel loss of a 3-D distance: ``none`` = the distance (DUSt3R), ``cauchy`` = c^2/2 log(1 + (d/c)^2)."""
+    """Per-pixel loss of a 3-D distance: ``none`` = the distance (DUSt3R), ``cauchy`` = c^2/2 log(1 + (d/c)^2).
+    Reference (autograd) form of what ``EdgeLoss`` differentiates by hand."""
     if kind == "none":
         return dist
     if kind == "cauchy":

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import torch
 
+from lit3d.align.config import AlignConfig
 from lit3d.align.synthetic import scene_graph
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--noise", type=float, default=0.01, help="relative depth noise")
     p.add_argument("--outliers", type=int, default=0, help="outlier pairs per case (wrong relative pose)")
     p.add_argument("--robust", default="none", help="align.robust: none or cauchy")
-    p.add_argument("--iterations", type=int, default=300)
-    p.add_argument("--n-pixels", type=int, default=1024, help="pixels per image in the optimisation")
+    p.add_argument("--iterations", type=int, default=AlignConfig.iterations)
+    p.add_argument("--n-pixels", type=int, default=AlignConfig.n_pixels, help="pixels per image in the optimisation")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--in-process", action="store_true", help="run cases in this process (RSS then accumulates)")

@@ -46,25 +46,29 @@ class Row:
     """Median latency of one forward of ``batch`` items."""
     p95_ms: float
     items_per_s: float
+    cpu_ms: float
+    """Process CPU time per item (all threads): less inflated than wall time by other load on a shared machine."""
     ratio: float = float("nan")
     """Teacher seconds per pair / this model's seconds per image."""
 
 
 def time_forward(fn, n_items: int, iters: int, warmup: int, max_seconds: float,
-                 cuda: bool) -> tuple[float, float, float]:
-    """(p50 ms, p95 ms, items/s) of ``fn``: ``warmup`` untimed calls, then ``iters`` timed ones (at least 2,
-    fewer when they exceed ``max_seconds``)."""
+                 cuda: bool) -> tuple[float, float, float, float]:
+    """(p50 ms, p95 ms, items/s, process CPU ms per item) of ``fn``: ``warmup`` untimed calls, then ``iters``
+    timed ones (at least 2, fewer when they exceed ``max_seconds``)."""
     for _ in range(warmup):
         fn()
     times: list[float] = []
+    cpu0 = time.process_time()
     while len(times) < iters and (len(times) < 2 or sum(times) < max_seconds):
         t0 = time.perf_counter()
         fn()
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+    cpu_ms = 1000 * (time.process_time() - cpu0) / (n_items * len(times))
     ms = 1000 * np.array(times)
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), n_items * len(times) / sum(times)
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), n_items * len(times) / sum(times), cpu_ms
 
 
 def parse_student(spec: str, extra: list[str] | None = None):
@@ -81,10 +85,10 @@ def bench_students(specs: list[str], hw: tuple[int, int], batch: int, device: to
         net = create_student(parse_student(spec).student, hw).to(device).eval()
         x_B3HW = torch.rand(batch, 3, *hw, device=device)
         size = model_size(net)
-        p50, p95, ips = time_forward(lambda: net(x_B3HW), batch, args.iters, args.warmup, args.max_seconds,
-                                     device.type == "cuda")
+        p50, p95, ips, cpu = time_forward(lambda: net(x_B3HW), batch, args.iters, args.warmup, args.max_seconds,
+                                          device.type == "cuda")
         rows.append(Row(f"student {spec}", "image", device.type, "fp32", batch, int(size["params"]), size["size_mb"],
-                        p50, p95, ips))
+                        p50, p95, ips, cpu))
         log.info("%s: %.1f ms per batch of %d (p50), %.1f images/s", spec, p50, batch, ips)
         del net
     return rows
@@ -99,12 +103,12 @@ def bench_teacher(preset: str, overrides: list[str], hw: tuple[int, int], device
     pair = {"img_i": images[:1], "img_j": images[1:], "idx_i": torch.tensor([0], device=device),
             "idx_j": torch.tensor([1], device=device)}
     size = model_size(teacher.net)
-    p50, p95, pps = time_forward(lambda: teacher(pair), 1, args.teacher_iters, 1, float("inf"), device.type == "cuda")
+    p50, p95, pps, cpu = time_forward(lambda: teacher(pair), 1, args.teacher_iters, 1, float("inf"),
+                                      device.type == "cuda")
     log.info("teacher %s: %.0f ms per pair (p50)", preset, p50)
     name = f"teacher {preset}" + (f" [{' '.join(overrides)}]" if overrides else "")
     dtype = teacher.cfg.amp.replace("none", "fp32") if device.type == "cuda" else "fp32"
-    return Row(name, "pair", device.type, dtype, 1, int(size["params"]), size["size_mb"], p50, p95,
-               pps)
+    return Row(name, "pair", device.type, dtype, 1, int(size["params"]), size["size_mb"], p50, p95, pps, cpu)
 
 
 def bench_data(specs: list[str], data_overrides: list[str], min_seconds: float) -> list[tuple[str, float]]:
@@ -136,11 +140,12 @@ def bench_data(specs: list[str], data_overrides: list[str], min_seconds: float) 
 def format_table(rows: list[Row]) -> str:
     w = max([len(r.name) for r in rows] + [5])
     head = (f"{'model':<{w}} {'per':>5} {'device':>6} {'dtype':>5} {'batch':>5} {'params M':>9} {'MB':>8} "
-            f"{'p50 ms':>9} {'p95 ms':>9} {'items/s':>9} {'teacher/student':>15}")
+            f"{'p50 ms':>9} {'p95 ms':>9} {'items/s':>9} {'cpu ms/item':>11} {'teacher/student':>15}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r.name:<{w}} {r.unit:>5} {r.device:>6} {r.dtype:>5} {r.batch:>5} {r.params / 1e6:>9.3f} "
-                     f"{r.size_mb:>8.2f} {r.p50_ms:>9.2f} {r.p95_ms:>9.2f} {r.items_per_s:>9.2f} {r.ratio:>15.1f}")
+                     f"{r.size_mb:>8.2f} {r.p50_ms:>9.2f} {r.p95_ms:>9.2f} {r.items_per_s:>9.2f} {r.cpu_ms:>11.1f} "
+                     f"{r.ratio:>15.1f}")
     return "\n".join(lines)
 
 
@@ -163,7 +168,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed student forwards first")
     p.add_argument("--max-seconds", type=float, default=15.0, help="stop timing a student after this (min 2 runs)")
     p.add_argument("--teacher-preset", default="DUSt3R_ViTLarge_BaseDecoder_512_dpt", choices=list(PRESETS))
-    p.add_argument("--teacher-iters", type=int, default=3, help="timed teacher forwards (after one warm-up)")
+    p.add_argument("--teacher-iters", type=int, default=2, help="timed teacher forwards (after one warm-up)")
     p.add_argument("--teacher", nargs="*", default=[], metavar="KEY=VALUE",
                    help="teacher.* overrides, e.g. enc_depth=2 for a smaller network (default: the preset's)")
     p.add_argument("--no-teacher", action="store_true", help="skip the teacher")

@@ -26,7 +26,7 @@ from lit3d.geometry import look_at
 
 log = logging.getLogger(__name__)
 
-RENDERER_VERSION = 1
+RENDERER_VERSION = 2
 ROOM_MAX = np.array([6.0, 5.0, 2.8])
 HFOV_DEG = 70.0
 LIGHT = np.array([3.0, 2.5, 2.6])
@@ -122,7 +122,7 @@ class _Texture:
     def __init__(self, rng: np.random.Generator, n_surfaces: int, n_waves: int = 12):
         self.base = rng.uniform(0.25, 0.95, (n_surfaces, 3))
         self.freq = rng.normal(0, 1, (n_surfaces, n_waves, 3))
-        self.freq *= (rng.uniform(1.0, 7.0, (n_surfaces, n_waves)) * 2 * np.pi)[..., None] / np.linalg.norm(
+        self.freq *= (rng.uniform(0.5, 3.0, (n_surfaces, n_waves)) * 2 * np.pi)[..., None] / np.linalg.norm(
             self.freq, axis=-1, keepdims=True)
         self.phase = rng.uniform(0, 2 * np.pi, (n_surfaces, n_waves))
         self.mix = rng.uniform(-1, 1, (n_surfaces, n_waves, 3)) / np.sqrt(n_waves)

@@ -217,6 +217,9 @@ def test_mismatched_shapes_give_one_line_errors():
         assert "\n" not in str(err.value) and "shape" in str(err.value)
     with pytest.raises(ValueError, match="known_poses has shape"):
         global_alignment(*args, known_poses=np.eye(4)[None])
+    K_big = np.tile(np.array([[60.0, 0, 32], [0, 60, 24], [0, 0, 1]]), (4, 1, 1))  # for 48x64, not 24x32
+    with pytest.raises(ValueError, match="outside the 24x32 predictions"):
+        global_alignment(*args, known_intrinsics=K_big)
     with pytest.raises(ValueError, match="with itself"):
         global_alignment(np.array([[0, 0]] * len(edges)), *args[1:])
     with pytest.raises(TypeError, match="unknown option"):
@@ -276,8 +279,8 @@ def test_similarity_averaging_closes_the_loop():
     s_e = s_true[j] / s_true[i]
     t_e = np.einsum("eji,ej->ei", R_true[i], t_true[j] - t_true[i]) / s_true[i, None]
     drift = so3_exp(torch.as_tensor(0.05 * rng.normal(size=(n, 3)), dtype=torch.float64)).numpy()
-    s, R, t = average_similarities(n, edges, s_e, R_e, t_e, np.ones(len(edges)), s_true * np.exp(0.1 * rng.normal(size=n)),
-                                   R_true @ drift, t_true + 0.1 * rng.normal(size=(n, 3)), anchors=[0])
+    s0, t0 = s_true * np.exp(0.1 * rng.normal(size=n)), t_true + 0.1 * rng.normal(size=(n, 3))
+    s, R, t = average_similarities(n, edges, s_e, R_e, t_e, np.ones(len(edges)), s0, R_true @ drift, t0, anchors=[0])
     # the anchor stays at its (perturbed) start: compare up to that gauge
     G = np.linalg.inv(np.block([[s[0] * R[0], t[0][:, None]], [np.zeros((1, 3)), np.ones((1, 1))]]))
     T = np.block([[s_true[0] * R_true[0], t_true[0][:, None]], [np.zeros((1, 3)), np.ones((1, 1))]]) @ G

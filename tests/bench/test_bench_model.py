@@ -15,11 +15,11 @@ def test_student_spec_keeps_list_values():
 
 
 def test_table_layout():
-    rows = [Row("student a", "image", "cpu", "fp32", 2, 1000, 0.1, 1.0, 2.0, 2000.0, 100.0),
-            Row("teacher b", "pair", "cpu", "fp32", 1, 10**8, 400.0, 20.0, 30.0, 20.0)]
+    rows = [Row("student a", "image", "cpu", "fp32", 2, 1000, 0.1, 1.0, 2.0, 2000.0, 0.9, 100.0),
+            Row("teacher b", "pair", "cpu", "fp32", 1, 10**8, 400.0, 20.0, 30.0, 20.0, 60.0)]
     lines = format_table(rows).splitlines()
     assert lines[0].split() == ["model", "per", "device", "dtype", "batch", "params", "M", "MB", "p50", "ms", "p95",
-                                "ms", "items/s", "teacher/student"]
+                                "ms", "items/s", "cpu", "ms/item", "teacher/student"]
     assert len(lines) == 4 and lines[2].split()[-1] == "100.0" and lines[3].split()[-1] == "nan"
 
 
@@ -32,7 +32,7 @@ def test_bench_model_tiny(tmp_path, capsys):
     assert [r.name.split()[0] for r in rows] == ["student", "student", "teacher"]
     assert [r.unit for r in rows] == ["image", "image", "pair"] and rows[0].batch == 2
     for r in rows:
-        assert r.params > 0 and r.size_mb > 0 and 0 < r.p50_ms <= r.p95_ms and r.items_per_s > 0
+        assert r.params > 0 and r.size_mb > 0 and 0 < r.p50_ms <= r.p95_ms and r.items_per_s > 0 and r.cpu_ms > 0
     for r in rows[:2]:  # the ratio is the teacher's seconds per pair over the student's seconds per image
         assert r.ratio == pytest.approx(r.items_per_s / rows[2].items_per_s)
     assert [name.split()[0] for name, _ in rates] == ["DataLoader", "train", "train"]
