@@ -17,13 +17,6 @@ H, W = 24, 32
 FAST = dict(iterations=100, n_pixels=256)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the CPU is shared: one thread avoids OpenMP oversubscription, which is many times slower than one core
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def case(n: int = 6, graph: str = "complete", noise: float = 0.0, seed: int = 0, **kw):
@@ -217,7 +210,7 @@ def test_mismatched_shapes_give_one_line_errors():
         assert "\n" not in str(err.value) and "shape" in str(err.value)
     with pytest.raises(ValueError, match="known_poses has shape"):
         global_alignment(*args, known_poses=np.eye(4)[None])
-    K_big = np.tile(np.array([[60.0, 0, 32], [0, 60, 24], [0, 0, 1]]), (4, 1, 1))  # for 48x64, not 24x32
+    K_big = np.tile(np.array([[90.0, 0, 64], [0, 90, 48], [0, 0, 1]]), (4, 1, 1))  # for 96x128, not 24x32
     with pytest.raises(ValueError, match="outside the 24x32 predictions"):
         global_alignment(*args, known_intrinsics=K_big)
     with pytest.raises(ValueError, match="with itself"):

@@ -21,13 +21,6 @@ TINY = Dust3rArch(enc_embed_dim=16, enc_depth=1, enc_num_heads=1, dec_embed_dim=
                   head_type="linear")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks run fastest on one thread, and the CPU is shared: intra-op threads only contend here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class _Payload:

@@ -20,13 +20,6 @@ TSV = {"DUSt3R_ViTLarge_BaseDecoder_512_dpt": ("dust3r_512_dpt_state_dict.tsv", 
        "DUSt3R_ViTLarge_BaseDecoder_224_linear": ("dust3r_224_linear_state_dict.tsv", 532_342_784)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks run fastest on one thread, and the CPU is shared: intra-op threads only contend here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def golden_net(name: str) -> tuple[Dust3rNet, dict]:

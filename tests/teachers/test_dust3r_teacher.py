@@ -18,13 +18,6 @@ TINY = dict(enc_embed_dim=32, enc_depth=2, enc_num_heads=2, dec_embed_dim=32, de
             dpt_feature_dim=16, dpt_last_dim=8, dpt_layer_dims=[8, 8, 16, 16])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks run fastest on one thread, and the CPU is shared: intra-op threads only contend here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_teacher(**overrides) -> DUSt3RTeacher:
