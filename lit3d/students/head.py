@@ -15,7 +15,7 @@ class ConvHead(nn.Module):
     From the coarsest map (projected by a 1x1 conv), ``log2(stride)`` stages of x2 bilinear upsampling + 3x3 conv + LeakyReLU; where a
     finer input map exists at a stage's stride it is added through a 1x1 projection (a skip connection, so
     that the head sees both global context and fine detail). Stage widths shrink towards full resolution
-    (``width`` x stride, at most 4 x ``width``). A per-pixel MLP (1x1 convs) gives 3 coordinates. With one
+    (``width`` at full resolution, 2 x ``width`` above). A per-pixel MLP (1x1 convs) gives 3 coordinates. With one
     input at stride 1 only the per-pixel MLP remains: the fully-connected output layers of a plain CNN.
     """
 
@@ -29,7 +29,7 @@ class ConvHead(nn.Module):
         self.strides = strides
 
         def stage_width(stride: int) -> int:
-            return width * min(stride, 4)
+            return width * min(stride, 2)
 
         top = strides[-1]
         # 1x1 projections: skips to their stage's width, the coarsest map to the first stage's (cheap 3x3s after)

@@ -31,7 +31,7 @@ class MobileNetV3Config(StudentConfig):
     """Feature maps fed to the head (0..4 = stride 2, 4, 8, 16, 32): the deepest gives context, finer ones
     detail through skip connections. Blocks after the deepest are dropped."""
     head_width: int = 32
-    """Channel width of the head at full resolution (x2 per halving, up to x4)."""
+    """Channel width of the head at full resolution (twice that at coarser strides)."""
 
 
 class MobileNetV3Student(nn.Module):

@@ -33,7 +33,7 @@ class ViTConfig(StudentConfig):
     dropout: float = 0.0
     """Dropout in the MLPs and on the embeddings."""
     head_width: int = 32
-    """Channel width of the head at full resolution (x2 per halving, up to x4)."""
+    """Channel width of the head at full resolution (twice that at coarser strides)."""
 
 
 class Block(nn.Module):
