@@ -91,7 +91,8 @@ def test_fit_end_to_end_on_the_sample(tmp_path):
     """``python -m lit3d.fit data.format=folder data.root=<sample>`` on a small config (50 frames, 2 epochs)."""
     root = os.path.relpath(SAMPLE, REPO)  # as a user types it from the repository root
     cmd = [sys.executable, "-m", "lit3d.fit", "data.format=folder", f"data.root={root}", "data.resolution=[48,64]",
-           "data.stride=2", "pairs.graph=swin-2", "loader.resolution=[24,32]", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1", "trainer.enable_progress_bar=false",
+           "data.stride=2", "pairs.graph=swin-2", "loader.resolution=[24,32]", "trainer.max_epochs=2",
+           "trainer.check_val_every_n_epoch=1", "trainer.enable_progress_bar=false",
            "trainer.accelerator=cpu", "trainer.devices=1", f"cache_dir={tmp_path / 'cache'}",
            f"run_dir={tmp_path / 'run'}"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
