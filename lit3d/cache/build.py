@@ -1,0 +1,290 @@
+"""Build (or complete) a label cache: scene -> pairs -> teacher -> alignment -> frames on disk.
+
+Teacher inference runs as Lightning ``Trainer.predict`` with a writer that stores one shard of edges per
+batch, so ``trainer.devices=N`` (GPUs, or CPU processes over DDP/gloo) splits the pairs and an interrupted run
+only recomputes missing shards. Alignment then runs once, on rank 0; its result is stored until every frame is
+written atomically with its checksum, so a build killed at any point resumes to the same cache.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from tqdm.auto import tqdm
+
+from lit3d.align import align_predictions
+from lit3d.cache.store import CacheError, LabelCache, write_json
+from lit3d.data import Scene, load_scene
+from lit3d.data.io import atomic_save_npz
+from lit3d.pairs import make_pairs
+from lit3d.teachers import OUTPUT_KEYS, FrameTransform, Teacher, create_teacher
+
+log = logging.getLogger(__name__)
+
+ALIGNED_FILE = "aligned.npz"
+"""World pointmaps of every frame, kept from alignment until the cache is complete (resume point)."""
+FRAMES_PER_COMMIT = 32
+"""Frames written between two updates of ``checksums.json`` (each update rewrites the whole file)."""
+
+
+class FrameSource:
+    """Scene frames mapped onto the teacher grid, memoised (each frame takes part in several pairs)."""
+
+    def __init__(self, scene: Scene, transform: FrameTransform):
+        self.scene, self.transform = scene, transform
+        self.get = lru_cache(maxsize=64)(self._load)
+
+    def _load(self, i: int) -> dict[str, np.ndarray]:
+        s, t = self.scene, self.transform
+        image = s.read_image(i)
+        if image.shape[:2] != tuple(s.image_size):
+            raise ValueError(f"frame {s.frame_names[i]} of {s.name}: image is {image.shape[:2]}, "
+                             f"expected {tuple(s.image_size)}")
+        frame = {"image": t.image(image), "K": t.intrinsics(s.K_N33[i]).astype(np.float32),
+                 "cam2world": (s.cam2world_N44[i] if s.has_poses else np.full((4, 4), np.nan)).astype(np.float32),
+                 "depth": (t.depth(s.read_depth(i)) if s.has_depth else np.zeros(t.output_size)).astype(np.float32)}
+        return frame
+
+
+class ShardDataset(torch.utils.data.Dataset):
+    """Item k = the teacher batch of edges of shard ``shard_ids[k]``."""
+
+    def __init__(self, source: FrameSource, edges_E2: np.ndarray, shard_ids: list[int], shard_size: int):
+        self.source, self.edges, self.shard_ids, self.shard_size = source, edges_E2, shard_ids, shard_size
+
+    def __len__(self) -> int:
+        return len(self.shard_ids)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        shard = self.shard_ids[k]
+        edges = self.edges[shard * self.shard_size : (shard + 1) * self.shard_size]
+        batch: dict[str, torch.Tensor] = {"shard": torch.tensor(shard), "edges": torch.as_tensor(edges)}
+        for side, col in (("i", 0), ("j", 1)):
+            frames = [self.source.get(int(f)) for f in edges[:, col]]
+            batch[f"idx_{side}"] = torch.as_tensor(edges[:, col])
+            batch[f"img_{side}"] = torch.from_numpy(np.stack([f["image"] for f in frames])).permute(0, 3, 1, 2).float() / 255
+            batch[f"K_{side}"] = torch.from_numpy(np.stack([f["K"] for f in frames]))
+            batch[f"depth_{side}"] = torch.from_numpy(np.stack([f["depth"] for f in frames]))
+            batch[f"cam2world_{side}"] = torch.from_numpy(np.stack([f["cam2world"] for f in frames]))
+        return batch
+
+
+def _first(items: list):
+    return items[0]
+
+
+class TeacherModule(L.LightningModule):
+    """Runs a teacher under ``Trainer.predict``."""
+
+    def __init__(self, teacher: Teacher):
+        super().__init__()
+        self.teacher = teacher
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            out = self.teacher(batch)
+        return {"shard": batch["shard"], "edges": batch["edges"], **out}
+
+
+class ShardWriter(BasePredictionWriter):
+    """Writes each predicted batch as one shard file, atomically."""
+
+    def __init__(self, cache: LabelCache):
+        super().__init__(write_interval="batch")
+        self.cache, self.written = cache, 0
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        arrays = {k: v.detach().cpu().numpy() for k, v in prediction.items() if k != "shard"}
+        for k in ("pts_i", "pts_j_in_i", "conf_i", "conf_j"):
+            arrays[k] = arrays[k].astype(np.float32)
+        atomic_save_npz(self.cache.shard_path(int(prediction["shard"])), **arrays)
+        self.written += 1
+
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        log.info("rank %d of %d wrote %d teacher shards", trainer.global_rank, trainer.world_size, self.written)
+
+
+def cache_for(cfg, scene: Scene | None = None, teacher: Teacher | None = None):
+    """The scene, teacher, edges, label-grid transform and cache folder that ``cfg`` describes."""
+    scene = scene or load_scene(cfg.data, cfg.cache_dir)
+    teacher = teacher or create_teacher(cfg.teacher)
+    if teacher.needs_depth and not scene.has_depth:
+        raise ValueError(f"teacher={cfg.teacher.name} needs depth maps and scene {scene.name} has none")
+    if teacher.needs_poses and not scene.has_poses:
+        raise ValueError(f"teacher={cfg.teacher.name} needs camera poses and scene {scene.name} has none")
+    transform = teacher.frame_transform(*scene.image_size)
+    edges = make_pairs(scene, cfg.pairs)
+    labelled = [i for s in cfg.pairs.splits for i in scene.split[s]]
+    manifest = {
+        "scene": {"name": scene.name, "fingerprint": scene.fingerprint(), "metric": scene.metric,
+                  "source": scene.source},
+        "teacher": teacher.manifest(),
+        "pairs": dataclasses.asdict(cfg.pairs),
+        "align": dataclasses.asdict(cfg.align),
+        "label_size": list(transform.output_size),
+        "transform": dataclasses.asdict(transform),
+        "frames": [scene.frame_names[i] for i in sorted(labelled)],
+        "split": {s: [scene.frame_names[i] for i in scene.split[s]] for s in cfg.pairs.splits},
+        "edges": edges.tolist(),
+        "shard_size": _batch_size(cfg, teacher, transform.output_size),
+    }
+    from lit3d.cache.store import manifest_hash
+
+    digest = manifest_hash(manifest)[:12]
+    root = Path(cfg.cache_dir) / "labels" / f"{scene.name.replace('/', '_')}-{digest}"
+    return scene, teacher, edges, transform, manifest, LabelCache(root)
+
+
+def _batch_size(cfg, teacher: Teacher, size: tuple[int, int]) -> int:
+    """Pairs per teacher batch (= per shard): ``teacher.batch_size``, or with 0 what fits the device's memory."""
+    if cfg.teacher.batch_size > 0:
+        return cfg.teacher.batch_size
+    fit = getattr(teacher, "fit_batch_size", None)
+    if fit is None:
+        return 8
+    on_gpu = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+    if on_gpu:  # probe where Lightning will run it
+        teacher.cuda()
+    try:
+        return fit(*size)
+    finally:
+        if on_gpu:
+            teacher.cpu()
+
+
+def _complete_shards(cache: LabelCache, edges_E2: np.ndarray, shard_size: int) -> set[int]:
+    """Shards whose file reads back in full with the expected edges; any other shard file is deleted.
+
+    Every member is read, so a flipped byte fails its zip CRC here rather than later in alignment (where it
+    would stop every re-run), and a shard of other edges (e.g. left by an older graph) is never reused.
+    """
+    done = set()
+    for path in sorted((cache.root / "pairs").glob("shard-*.npz")):
+        try:
+            shard = int(path.stem.split("-")[1])
+            with np.load(path) as f:
+                arrays = {k: f[k] for k in f.files}
+            ok = set(OUTPUT_KEYS) <= set(arrays) and np.array_equal(
+                arrays["edges"], edges_E2[shard * shard_size : (shard + 1) * shard_size])
+        except Exception:
+            ok = False
+        if ok:
+            done.add(shard)
+        else:
+            log.warning("teacher shard %s is unreadable or stale: it will be recomputed", path)
+            path.unlink(missing_ok=True)
+    return done
+
+
+def _aligned(cfg, cache: LabelCache, scene: Scene, teacher: Teacher, edges_E2: np.ndarray,
+             n_shards: int) -> tuple[dict[str, np.ndarray], dict, bool]:
+    """World pointmaps (``pts_world`` N,H,W,3 / ``conf`` / ``valid``), their info, and whether they were just
+    computed (False: read back from ``aligned.npz``, the alignment of an interrupted build).
+
+    Stored until the cache is complete so that a resumed build writes its remaining frames from the very
+    same alignment, even when the alignment is not bit-reproducible (optimisation, thread counts).
+    """
+    path = cache.root / ALIGNED_FILE
+    if path.is_file():
+        try:
+            with np.load(path) as f:
+                arrays = {k: f[k] for k in ("pts_world", "conf", "valid")}
+                info = json.loads(str(f["info"]))
+            if info.pop("manifest_hash") != cache.manifest["hash"]:
+                raise CacheError("it was computed for another manifest")
+            log.info("resuming from the stored alignment %s", path)
+            return arrays, info, False
+        except Exception as e:
+            log.warning("stored alignment %s is unreadable (%s): aligning again", path, e)
+            path.unlink(missing_ok=True)
+    stored_edges, pred = cache.load_pairs(n_shards)
+    if not np.array_equal(stored_edges, edges_E2):
+        raise CacheError(f"teacher shards of {cache.root} do not match the scene graph; delete {cache.root / 'pairs'}")
+    result = align_predictions(cfg.align, edges_E2, pred, len(scene), scene.K_N33, scene.cam2world_N44,
+                               metric=teacher.metric and scene.metric)
+    del pred
+    name_to_idx = {n: i for i, n in enumerate(scene.frame_names)}
+    idx = [name_to_idx[n] for n in cache.frames]
+    info = {"frame": result.frame, "unit": result.unit, "residual": float(result.residual),
+            "valid_fraction": float(result.valid_NHW[idx].mean())}
+    arrays = {"pts_world": result.pts_world_NHW3, "conf": result.conf_NHW, "valid": result.valid_NHW}
+    atomic_save_npz(path, **arrays, info=np.array(json.dumps({**info, "manifest_hash": cache.manifest["hash"]})))
+    return arrays, info, True
+
+
+def build_labels(cfg, trainer_kwargs: dict | None = None) -> tuple[LabelCache, dict]:
+    """Build or complete the label cache of ``cfg``; returns it and a summary (frames, pairs, seconds, ...).
+
+    Resumable at any point: teacher shards, the alignment and frames are each committed atomically, and a
+    re-run recomputes only what is missing or fails its check. With ``trainer.devices`` > 1 every rank runs
+    this function (Lightning re-executes the command); ranks > 0 predict their share of the shards, then wait
+    until rank 0 has aligned and written the frames, so that callers read a complete cache on every rank.
+    """
+    t0 = time.perf_counter()
+    scene, teacher, edges, transform, manifest, cache = cache_for(cfg)
+    cache.init(manifest)
+    summary = {"cache": str(cache.root), "scene": scene.name, "frames": len(cache.frames), "pairs": len(edges),
+               "rank": 0}
+    if cache.is_complete():
+        log.info("label cache %s is complete: reusing it", cache.root)
+        return cache, {**summary, "reused": True, "seconds": time.perf_counter() - t0, **cache.labels_info}
+
+    shard_size = manifest["shard_size"]
+    n_shards = -(-len(edges) // shard_size)
+    todo = sorted(set(range(n_shards)) - _complete_shards(cache, edges, shard_size))
+    source = FrameSource(scene, transform)
+    trainer = None
+    n_predicted = sum(len(edges[s * shard_size : (s + 1) * shard_size]) for s in todo)
+    if todo:
+        (cache.root / ALIGNED_FILE).unlink(missing_ok=True)  # new teacher outputs: any stored alignment is stale
+        log.info("teacher %s: %d of %d shards to predict (%d pairs each)", cfg.teacher.name, len(todo), n_shards,
+                 shard_size)
+        loader = torch.utils.data.DataLoader(ShardDataset(source, edges, todo, shard_size), batch_size=1,
+                                             collate_fn=_first)
+        tcfg = cfg.trainer
+        trainer = L.Trainer(accelerator=tcfg.accelerator, devices=tcfg.devices, num_nodes=tcfg.num_nodes,
+                            strategy=tcfg.strategy, precision=tcfg.precision, logger=False,
+                            enable_progress_bar=tcfg.enable_progress_bar, callbacks=[ShardWriter(cache)],
+                            **(trainer_kwargs or {}))
+        trainer.predict(TeacherModule(teacher), loader, return_predictions=False)
+        trainer.strategy.barrier("lit3d-shards")
+        if trainer.global_rank != 0:  # alignment and frame writing happen once, on rank 0
+            trainer.strategy.barrier("lit3d-frames")
+            return cache, {**summary, "rank": trainer.global_rank}
+    t_teacher = time.perf_counter() - t0
+
+    aligned, info, fresh = _aligned(cfg, cache, scene, teacher, edges, n_shards)
+    done = cache.verified_frames()
+    if fresh and done:  # frames of an earlier alignment: rewrite them all, so that one alignment labels the cache
+        log.info("re-aligned: rewriting the %d frames already in the cache", len(done))
+        done = set()
+    name_to_idx = {n: i for i, n in enumerate(scene.frame_names)}
+    pending = [n for n in cache.frames if n not in done]
+    with tqdm(total=len(pending), desc="writing labels", unit="frame",
+              disable=not cfg.trainer.enable_progress_bar or not pending) as bar:
+        for start in range(0, len(pending), FRAMES_PER_COMMIT):
+            batch = {}
+            for name in pending[start : start + FRAMES_PER_COMMIT]:
+                i = name_to_idx[name]
+                batch[name] = {**source.get(i), "pts_world": aligned["pts_world"][i], "conf": aligned["conf"][i],
+                               "valid": aligned["valid"][i]}
+            cache.write_frames(batch)
+            bar.update(len(batch))
+    write_json(cache.root / "labels.json", info)  # the commit point of the whole cache
+    (cache.root / ALIGNED_FILE).unlink(missing_ok=True)
+    if trainer is not None and trainer.world_size > 1:
+        trainer.strategy.barrier("lit3d-frames")
+    seconds = time.perf_counter() - t0
+    summary.update(info, seconds=seconds, teacher_seconds=t_teacher, predicted_pairs=n_predicted,
+                   pairs_per_s=n_predicted / max(t_teacher, 1e-9) if n_predicted else float("nan"), reused=False)
+    log.info("labelled %d frames from %d pairs in %.1f s (residual %.4f %s)", len(cache.frames), len(edges),
+             seconds, info["residual"], info["unit"])
+    return cache, summary
