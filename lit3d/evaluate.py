@@ -156,6 +156,21 @@ def pose_to_gt(S_44: np.ndarray, cam2world_44: np.ndarray | None) -> np.ndarray 
     return out
 
 
+def nearest_rigid(T_44: np.ndarray) -> np.ndarray:
+    """The rigid pose nearest to ``T_44`` (rotation block projected onto SO(3) by SVD); non-finite stays as is.
+
+    Dataset poses are not always orthonormal (7-Scenes: det R ~ 0.99985), and the angle of R_est^T R_gt read from
+    its trace turns that into ~1 deg of rotation error that no estimate could remove.
+    """
+    if not np.all(np.isfinite(T_44)):
+        return T_44
+    U, _, Vt = np.linalg.svd(T_44[:3, :3])
+    U[:, -1] *= np.sign(np.linalg.det(U @ Vt))
+    out = np.array(T_44, dtype=np.float64)
+    out[:3, :3], out[3] = U @ Vt, (0.0, 0.0, 0.0, 1.0)
+    return out
+
+
 def error_stats(err_N: np.ndarray, prefix: str) -> dict[str, float]:
     """Mean / median L2 error and fractions within 2 / 5 / 10 cm (read as metres) of pooled pixel errors."""
     if err_N.size == 0:
@@ -184,7 +199,7 @@ class EvalFrames:
     K_N33: np.ndarray
     """Intrinsics of the student grid, pixels (see :func:`sampling_matrix`)."""
     cam2world_N44: np.ndarray
-    """Ground-truth poses, dataset frame, metres (NaN where unknown)."""
+    """Ground-truth poses, dataset frame, metres (NaN where unknown), made exactly rigid (:func:`nearest_rigid`)."""
     ms_per_image: float
     """Student forward time per image, ms."""
 
@@ -227,7 +242,7 @@ def load_frames(cache: LabelCache, names: list[str], module: StudentModule, batc
         teacher_NHW3=np.stack([f["pts_world"] for f in frames]).astype(np.float64), student_NHW3=student_NHW3,
         gt_NHW3=gt_NHW3, gt_valid_NHW=gt_valid_NHW,
         K_N33=np.stack([np.linalg.solve(A_33, f["K"].astype(np.float64)) for f in labels]),
-        cam2world_N44=np.stack([f["cam2world"] for f in frames]).astype(np.float64), ms_per_image=ms)
+        cam2world_N44=np.stack([nearest_rigid(f["cam2world"].astype(np.float64)) for f in frames]), ms_per_image=ms)
 
 
 def point_errors(fr: EvalFrames, S_44: np.ndarray | None) -> tuple[list[dict], dict[str, float]]:

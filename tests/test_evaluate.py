@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from lit3d.cache import build_labels
-from lit3d.evaluate import (EvalOptions, evaluate_run, labels_to_gt, main, parse_args, pose_to_gt, run_config,
-                            sampling_matrix)
+from lit3d.evaluate import (EvalOptions, evaluate_run, labels_to_gt, main, nearest_rigid, parse_args, pose_to_gt,
+                            run_config, sampling_matrix)
 from lit3d.export import read_ply
 from lit3d.fit import fit
 from lit3d.geometry import look_at, transform_points
@@ -36,6 +36,15 @@ def test_pose_to_gt_maps_a_pose_through_a_similarity():
     np.testing.assert_allclose(out[:3, 3], S_44[:3, :3] @ cam2world_44[:3, 3] + S_44[:3, 3])
     np.testing.assert_allclose(out[:3, :3] @ out[:3, :3].T, np.eye(3), atol=1e-12)
     assert pose_to_gt(S_44, None) is None
+
+
+def test_nearly_orthonormal_true_poses_cost_no_rotation_error():
+    est_44 = look_at(np.array([1.0, 2.0, 0.5]), np.array([0.0, 0.0, 1.0]))
+    true_44 = est_44.copy()
+    true_44[:3, :3] *= 0.99995  # 7-Scenes poses: det R ~ 0.99985
+    assert pose_errors(est_44, true_44)[1] > 0.5  # the trace formula reads the scale as ~1 degree
+    assert pose_errors(est_44, nearest_rigid(true_44)) == pytest.approx((0.0, 0.0), abs=1e-5)
+    assert np.isnan(nearest_rigid(np.full((4, 4), np.nan))).all()
 
 
 class MovedLabels:

@@ -34,13 +34,12 @@ def test_fit_every_student_end_to_end(tiny_cfg, student):
 
 @pytest.mark.slow
 def test_training_beats_the_mean_point_baseline_and_resumes(tiny_cfg):
-    cfg = tiny_cfg("trainer.max_epochs=25", "trainer.check_val_every_n_epoch=5", "optim.lr=3e-3",
-                   "data.num_frames=24", "data.test_every=6", "data.val_every=6")
-    metrics = fit(cfg)
-    assert metrics["test/l2_mean"] < 0.6 * metrics["baseline/l2_mean"]
+    common = ["trainer.check_val_every_n_epoch=20", "optim.lr=3e-3", "student.latent_dim=64", "student.num_heads=4",
+              "data.num_frames=24", "data.test_every=6", "data.val_every=6"]
+    metrics = fit(tiny_cfg("trainer.max_epochs=60", *common))
+    assert metrics["test/l2_mean"] < 0.6 * metrics["baseline/l2_mean"]  # measured 0.44
     # resume from the last checkpoint with more epochs: Lightning restores the epoch and optimizer state
-    resumed = fit(tiny_cfg("trainer.max_epochs=26", "trainer.resume=last", "trainer.check_val_every_n_epoch=5",
-                           "optim.lr=3e-3", "data.num_frames=24", "data.test_every=6", "data.val_every=6"))
+    resumed = fit(tiny_cfg("trainer.max_epochs=61", "trainer.resume=last", *common))
     assert resumed["time/fit_s"] < metrics["time/fit_s"]
 
 

@@ -107,7 +107,9 @@ class PointmapDataModule(L.LightningDataModule):
             return []  # Lightning skips an empty loader
         return DataLoader(self.datasets[split], batch_size=self.cfg.batch_size, shuffle=shuffle,
                           num_workers=self.cfg.num_workers, pin_memory=self.cfg.pin_memory,
-                          persistent_workers=self.cfg.num_workers > 0, drop_last=False,
+                          persistent_workers=self.cfg.num_workers > 0,
+                          # a last training batch of one image breaks BatchNorm at coarse strides
+                          drop_last=shuffle and len(self.datasets[split]) > self.cfg.batch_size,
                           generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
 
     def train_dataloader(self) -> DataLoader:
