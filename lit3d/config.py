@@ -126,18 +126,20 @@ def _experiment_yaml(name: str) -> DictConfig:
         raise ConfigError(f"cannot parse experiment file {path}: {str(e).splitlines()[0]}") from None
 
 
-def _check_keys(raw: Any, schema: Any, prefix: str = "") -> None:
-    """Raise ConfigError for the first key of ``raw`` that ``schema`` does not have."""
+def check_keys(raw: Any, schema: Any, what: str = "config", free: tuple[str, ...] = (), prefix: str = "") -> None:
+    """Raise ConfigError for the first key of ``raw`` that ``schema`` lacks, listing the valid ones.
+
+    Sections named in ``free`` hold arbitrary keys and are not descended into.
+    """
     if not isinstance(raw, DictConfig):
         return
     for key in raw.keys():
         full = f"{prefix}{key}"
         if key not in schema:
             valid = ", ".join(str(k) for k in schema.keys())
-            raise ConfigError(f"unknown config key '{full}'; valid keys{' of ' + prefix[:-1] if prefix else ''}: {valid}")
-        child = schema[key]
-        if isinstance(child, DictConfig):
-            _check_keys(raw[key], child, f"{full}.")
+            raise ConfigError(f"unknown {what} key '{full}'; valid keys{' of ' + prefix[:-1] if prefix else ''}: {valid}")
+        if isinstance(schema[key], DictConfig) and key not in free:
+            check_keys(raw[key], schema[key], what, free, f"{full}.")
 
 
 def load_config(args: list[str] | None = None, **overrides: Any) -> FitConfig:
@@ -176,7 +178,7 @@ def _resolve(raw: DictConfig) -> FitConfig:
     except UnknownNameError as e:
         raise ConfigError(str(e)) from None
     schema = OmegaConf.structured(dataclasses.replace(base, **sections))
-    _check_keys(raw, schema)
+    check_keys(raw, schema)
     try:
         merged = OmegaConf.merge(schema, raw)
     except OmegaConfBaseException as e:

@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lit3d.config import ConfigError
+from lit3d.config import ConfigError, check_keys
 
 PARAM_TYPES = ("categorical", "int", "float")
 
@@ -171,17 +171,6 @@ def _load_yaml(path: Path) -> DictConfig:
         raise ConfigError(f"cannot parse sweep file {path}: {str(e).splitlines()[0]}") from None
 
 
-def _check_keys(raw: Any, schema: Any, prefix: str = "") -> None:
-    if not isinstance(raw, DictConfig):
-        return
-    for key in raw.keys():
-        if key not in schema:
-            raise ConfigError(f"unknown sweep key '{prefix}{key}'; valid keys{' of ' + prefix[:-1] if prefix else ''}: "
-                              + ", ".join(str(k) for k in schema.keys()))
-        if isinstance(schema[key], DictConfig) and key not in ("base", "space", "variants"):
-            _check_keys(raw[key], schema[key], f"{prefix}{key}.")
-
-
 def load_sweep(path: str | Path, args: list[str] | None = None) -> SweepConfig:
     """Resolve ``sweep file <- variants[variant] <- args``; ``base`` and ``space`` come back with dotted keys."""
     path = Path(path)
@@ -200,7 +189,7 @@ def load_sweep(path: str | Path, args: list[str] | None = None) -> SweepConfig:
             raw = OmegaConf.merge(raw, {k: v for k, v in patch.items() if k != "space"})
         raw = OmegaConf.merge(raw, cli)
         schema = OmegaConf.structured(SweepConfig)
-        _check_keys(raw, schema)
+        check_keys(raw, schema, what="sweep", free=("base", "space", "variants"))
         cfg: SweepConfig = OmegaConf.to_object(OmegaConf.merge(schema, raw))
     except OmegaConfBaseException as e:
         raise ConfigError(f"sweep file {path}: {str(e).splitlines()[0]}") from None
