@@ -134,7 +134,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", cache_dir: str | Pat
     ckpt = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
     if not ckpt.is_file():
         ckpt = run_dir / "checkpoints" / "last.ckpt"
-    module = StudentModule.load_from_checkpoint(ckpt, map_location="cpu")
+    module = StudentModule.load(ckpt)
     module.eval()
     cache_root = Path(metrics["labels/cache"])
     if not cache_root.is_dir() and cache_dir is not None:

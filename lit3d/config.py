@@ -36,8 +36,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class LoaderConfig:
-    resolution: list[int] = field(default_factory=lambda: [48, 64])
-    """(H, W) of the student's input and output; labels are resized to it consistently with the images."""
+    resolution: list[int] = field(default_factory=lambda: [96, 128])
+    """(H, W) of the student's input and output; labels are resized to it consistently with the images. The
+    default equals ``data.resolution`` (no resampling); fewer pixels train faster but localize worse."""
     batch_size: int = 8
     """Images per training step."""
     num_workers: int = 0
@@ -51,11 +52,12 @@ class LoaderConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 2e-3
-    """Peak AdamW learning rate."""
+    lr: float = 0.0
+    """Peak AdamW learning rate; 0 takes the student's own (``default_lr`` of its config class: 5e-3 for
+    mobilenetv3, 2e-3 for vit, which stalls at 5e-3, and for vanilla_cnn)."""
     weight_decay: float = 1e-4
     """AdamW weight decay."""
-    warmup_epochs: int = 0
+    warmup_epochs: int = 3
     """Linear warm-up epochs before the cosine decay."""
     min_lr_ratio: float = 0.01
     """Cosine schedule ends at ``lr * min_lr_ratio``."""
@@ -65,7 +67,7 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 60
+    max_epochs: int = 150
     """Training epochs."""
     accelerator: str = "auto"
     """Lightning accelerator: auto, cpu, gpu, ..."""
@@ -185,7 +187,10 @@ def _resolve(raw: DictConfig) -> FitConfig:
         key = getattr(e, "full_key", "") or ""
         msg = str(e).splitlines()[0]
         raise ConfigError(f"invalid value for '{key}': {msg}" if key else msg) from None
-    return OmegaConf.to_object(merged)
+    cfg = OmegaConf.to_object(merged)
+    if cfg.optim.lr <= 0:
+        cfg.optim.lr = cfg.student.default_lr
+    return cfg
 def to_yaml(cfg: FitConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 

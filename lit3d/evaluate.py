@@ -30,7 +30,7 @@ from lit3d.cache.datamodule import resize_frame
 from lit3d.cache.store import write_json
 from lit3d.config import FitConfig, field_docs, from_yaml, load_config
 from lit3d.data.io import atomic_write_bytes
-from lit3d.geometry import backproject_depth, pixel_grid, transform_points, umeyama_sim3
+from lit3d.geometry import backproject_depth, transform_points, umeyama_sim3
 from lit3d.metrics.localization import localize, pose_errors, summarize
 from lit3d.metrics.pointmap import THRESHOLDS_M
 from lit3d.students.module import StudentModule
@@ -83,23 +83,6 @@ def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
 
 
 # --- geometry of the student grid ---------------------------------------------------------------------------
-def sampling_matrix(label_hw: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-    """A_33 with label pixel ~ A @ student pixel, for labels as ``resize_frame`` samples them.
-
-    Found by resampling a map of label pixel coordinates, so it follows the datamodule exactly. Labels are
-    nearest-sampled: at an even integer ratio they sit half a label pixel off the image's box-filtered pixel
-    centres (which ``scale_intrinsics`` describes), a bias of 0.25 px at ratio 2 that PnP would turn into pose error.
-    """
-    H, W = label_hw
-    probe = {"image": np.zeros((H, W, 3), np.uint8), "pts_world": np.dstack([pixel_grid(H, W), np.zeros((H, W))]),
-             "conf": np.zeros((H, W)), "valid": np.zeros((H, W), bool), "depth": np.zeros((H, W)),
-             "K": np.eye(3), "cam2world": np.eye(4)}
-    uv_hw2 = resize_frame(probe, size)["pts_world"][..., :2]
-    a_u, b_u = np.polyfit(np.arange(size[1]), uv_hw2[0, :, 0], 1)
-    a_v, b_v = np.polyfit(np.arange(size[0]), uv_hw2[:, 0, 1], 1)
-    return np.array([[a_u, 0.0, b_u], [0.0, a_v, b_v], [0.0, 0.0, 1.0]])
-
-
 def gt_world_points(frame: dict[str, np.ndarray], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
     """Ground-truth world points (h, w, 3) and mask at the student grid: depth back-projected on the label grid
     with its K and pose (metres, dataset frame), then sampled like the labels. None without depth or pose."""
@@ -107,7 +90,7 @@ def gt_world_points(frame: dict[str, np.ndarray], size: tuple[int, int]) -> tupl
     if not np.all(np.isfinite(cam2world_44)) or not (depth_HW > 0).any():
         return None
     pts_HW3 = transform_points(cam2world_44, backproject_depth(depth_HW, frame["K"]).astype(np.float64))
-    # the same nearest sampling as the labels, so GT, labels and predictions describe the same pixels
+    # sampled like the labels, so GT, labels and predictions describe the same pixels
     out = resize_frame({**frame, "pts_world": pts_HW3, "valid": depth_HW > 0}, size)
     return out["pts_world"], out["valid"]
 
@@ -197,7 +180,7 @@ class EvalFrames:
     """Ground-truth world points, dataset frame, metres (NaN where unknown)."""
     gt_valid_NHW: np.ndarray
     K_N33: np.ndarray
-    """Intrinsics of the student grid, pixels (see :func:`sampling_matrix`)."""
+    """Intrinsics of the student grid, pixels (those of the resized frames: labels are sampled at its pixels)."""
     cam2world_N44: np.ndarray
     """Ground-truth poses, dataset frame, metres (NaN where unknown), made exactly rigid (:func:`nearest_rigid`)."""
     ms_per_image: float
@@ -234,14 +217,13 @@ def load_frames(cache: LabelCache, names: list[str], module: StudentModule, batc
         gt = gt_world_points(f, size)
         if gt is not None:
             gt_NHW3[i], gt_valid_NHW[i] = gt
-    A_33 = sampling_matrix(labels[0]["depth"].shape, size)
     images_NHW3 = np.stack([f["image"] for f in frames])
     student_NHW3, ms = predict(module, images_NHW3, batch_size, device)
     return EvalFrames(
         names=list(names), images_NHW3=images_NHW3, valid_NHW=np.stack([f["valid"] for f in frames]),
         teacher_NHW3=np.stack([f["pts_world"] for f in frames]).astype(np.float64), student_NHW3=student_NHW3,
         gt_NHW3=gt_NHW3, gt_valid_NHW=gt_valid_NHW,
-        K_N33=np.stack([np.linalg.solve(A_33, f["K"].astype(np.float64)) for f in labels]),
+        K_N33=np.stack([f["K"].astype(np.float64) for f in frames]),
         cam2world_N44=np.stack([nearest_rigid(f["cam2world"].astype(np.float64)) for f in frames]), ms_per_image=ms)
 
 
@@ -306,7 +288,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
     run_dir = Path(run_dir)
     cfg = run_config(run_dir, overrides)
     ckpt = checkpoint_path(run_dir, opt.checkpoint)
-    module = StudentModule.load_from_checkpoint(ckpt, map_location="cpu")
+    module = StudentModule.load(ckpt)
     size = tuple(module.hparams.img_size)
     if size != tuple(cfg.loader.resolution):
         raise ValueError(f"the checkpoint's student takes {size}, not loader.resolution={cfg.loader.resolution}")

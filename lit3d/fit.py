@@ -85,7 +85,7 @@ def _figures(run_dir: Path, module: StudentModule, dm: PointmapDataModule, best:
     try:
         from lit3d.viz.run import write_run_figures
 
-        write_run_figures(run_dir, module if best is None else StudentModule.load_from_checkpoint(best, map_location="cpu"),
+        write_run_figures(run_dir, module if best is None else StudentModule.load(best),
                           dm.datasets.get("test") or dm.datasets["train"])
     except Exception as e:  # figures must not cost a finished training run
         log.warning("could not write figures: %s", e)

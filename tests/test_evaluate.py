@@ -10,7 +10,7 @@ import pytest
 
 from lit3d.cache import build_labels
 from lit3d.evaluate import (EvalOptions, evaluate_run, labels_to_gt, main, nearest_rigid, parse_args, pose_to_gt,
-                            run_config, sampling_matrix)
+                            run_config)
 from lit3d.export import read_ply
 from lit3d.fit import fit
 from lit3d.geometry import look_at, transform_points
@@ -18,13 +18,6 @@ from lit3d.metrics.localization import localize, pose_errors
 
 LOC_KEYS = ("acc_2cm2deg", "acc_5cm5deg", "acc_10cm10deg", "median_t_cm", "median_r_deg", "inlier_ratio",
             "time_ms_per_frame", "failure_rate")
-
-
-def test_sampling_matrix_follows_the_nearest_label_sampling():
-    assert np.allclose(sampling_matrix((24, 32), (24, 32)), np.eye(3))
-    # ratio 2: student pixel u took label pixel floor((u + 0.5) * 2) = 2u + 1, not the box centre 2u + 0.5
-    np.testing.assert_allclose(sampling_matrix((48, 64), (24, 32)), [[2, 0, 1], [0, 2, 1], [0, 0, 1]], atol=1e-9)
-    np.testing.assert_allclose(sampling_matrix((72, 96), (24, 32)), [[3, 0, 1], [0, 3, 1], [0, 0, 1]], atol=1e-9)
 
 
 def test_pose_to_gt_maps_a_pose_through_a_similarity():
@@ -110,7 +103,9 @@ def test_evaluate_a_tiny_run(tiny_cfg):
     with open(run / "eval_frames.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["frame"] for r in rows] == names
-    assert all(float(r["teacher_t_cm"]) < 0.1 and float(r["teacher_r_deg"]) < 0.1 for r in rows)
+    # not exactly 0: pixels at depth edges keep their nearest label, up to 0.35 student px off (here 0.07-0.11 deg);
+    # labels or K a quarter pixel off everywhere (nearest labels with the box filter's K) gave ~0.7 deg
+    assert all(float(r["teacher_t_cm"]) < 0.5 and float(r["teacher_r_deg"]) < 0.25 for r in rows)
 
     for name in ("eval_frames.png", "eval_loc_cdf_t.png", "eval_loc_cdf_r.png", "eval_pointclouds.html",
                  "exports/student.onnx", "exports/student.ts"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 
 import lightning as L
 import numpy as np
@@ -10,24 +11,113 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from lit3d.cache.store import LabelCache
-from lit3d.geometry import scale_intrinsics
+from lit3d.geometry import pixel_grid, project, scale_intrinsics, transform_points
 
 log = logging.getLogger(__name__)
 
 
-def resize_frame(frame: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Resize one cached frame to ``size`` (H, W), keeping image pixels and labels aligned.
+SURFACE_TOL = 0.05
+"""Largest (max - min) / mean of the camera depths of four neighbouring labels that are interpolated: one surface."""
+POSE_CHECK = 0.05
+"""Largest median reprojection error of the labels through their pose, as a fraction of the label grid's width,
+for the pose to give their camera depths (a larger one: the labels are in another world frame)."""
 
-    The image is area-resampled; points, confidence, validity and depth take the nearest label to each new
-    pixel centre (interpolating world points would invent points between foreground and background).
+
+@lru_cache(maxsize=16)
+def _cells(H: int, W: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices (4, h, w) of the label pixels around each student pixel centre, and their bilinear weights.
+
+    The 4 taps lead so that reductions over them are elementwise over whole planes (much faster in numpy).
+    """
+    # student pixel k covers label coordinates [k, k + 1) * H / h: its centre in label index space, clamped where
+    # it falls outside the label centres (borders when upsampling)
+    y_h = np.clip((np.arange(h) + 0.5) * H / h - 0.5, 0, H - 1)
+    x_w = np.clip((np.arange(w) + 0.5) * W / w - 0.5, 0, W - 1)
+    y0_h, x0_w = np.minimum(y_h.astype(int), max(H - 2, 0)), np.minimum(x_w.astype(int), max(W - 2, 0))
+    fy_h1, fx_1w = (y_h - y0_h)[:, None], (x_w - x0_w)[None, :]
+    r0_h1, r1_h1 = (y0_h * W)[:, None], (np.minimum(y0_h + 1, H - 1) * W)[:, None]
+    c0_1w, c1_1w = x0_w[None, :], np.minimum(x0_w + 1, W - 1)[None, :]
+    idx_4hw = np.stack(np.broadcast_arrays(r0_h1 + c0_1w, r0_h1 + c1_1w, r1_h1 + c0_1w, r1_h1 + c1_1w))
+    bil_4hw = np.stack(np.broadcast_arrays((1 - fy_h1) * (1 - fx_1w), (1 - fy_h1) * fx_1w, fy_h1 * (1 - fx_1w),
+                                           fy_h1 * fx_1w))
+    idx_4hw.flags.writeable = bil_4hw.flags.writeable = False  # shared between calls
+    return idx_4hw, bil_4hw
+
+
+def _taps(ok_HW: np.ndarray, z_HW: np.ndarray | None, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Flat label indices (4, h, w) and weights (4, h, w) that sample a label grid at the student pixel centres.
+
+    ``ok_HW`` marks usable labels, ``z_HW`` are their camera depths (any unit; None: nearest labels only).
+    """
+    idx_4hw, bil_4hw = _cells(*ok_HW.shape, *size)
+    ok_4hw = ok_HW.ravel()[idx_4hw]
+    # the nearest usable tap (else the nearest one): among a cell's corners, a larger bilinear weight is a smaller
+    # distance to the sample position; a tap of weight 0 (a sample on a row or column of labels) is no neighbour
+    pick_1hw = np.argmax(bil_4hw + (ok_4hw & (bil_4hw > 0)), axis=0)[None]
+    near_4hw = np.broadcast_to(np.take_along_axis(idx_4hw, pick_1hw, 0), idx_4hw.shape)
+    one_hot_4hw = np.broadcast_to((np.arange(4) == 0)[:, None, None], idx_4hw.shape)
+    if z_HW is None:
+        return near_4hw, one_hot_4hw
+    z_4hw = z_HW.ravel()[idx_4hw]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z_min_hw, z_max_hw = z_4hw.min(0), z_4hw.max(0)
+        one_surface_hw = ok_4hw.all(0) & (z_min_hw > 0) & (z_max_hw - z_min_hw < SURFACE_TOL * z_4hw.mean(0))
+        # perspective-correct weights (bilinear in 1/z): the interpolated point then lies on its pixel's ray
+        # whatever the depths, and for a plane (1/z affine in pixels) it is the plane's point exactly
+        pc_4hw = bil_4hw / z_4hw
+        pc_4hw /= pc_4hw.sum(0)
+    return np.where(one_surface_hw, idx_4hw, near_4hw), np.where(one_surface_hw, pc_4hw, one_hot_4hw)
+
+
+def _gather(values_HWC: np.ndarray, idx_4hw: np.ndarray, w_4hw: np.ndarray) -> np.ndarray:
+    """Weighted sum (h, w) or (h, w, C) of the taps of a label map (H, W) or (H, W, C), in its float dtype."""
+    taps_4hwC = np.take(values_HWC.reshape(-1, *values_HWC.shape[2:]), idx_4hw, axis=0)  # faster than [idx]
+    dtype = np.result_type(values_HWC.dtype, np.float32)
+    return (w_4hw.astype(dtype).reshape(w_4hw.shape + (1,) * (values_HWC.ndim - 2)) * taps_4hwC).sum(0)
+
+
+def _label_depths(frame: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Camera depths (H, W) of the labels through ``cam2world``, or None where the pose does not describe them."""
+    cam2world_44 = frame["cam2world"].astype(np.float64)
+    if not np.all(np.isfinite(cam2world_44)):
+        return None
+    world2cam_44 = np.linalg.inv(cam2world_44)
+    pts_HW3 = frame["pts_world"]
+    step = 4  # every 4th label each way is plenty for a median, and keeps this check cheap
+    ok_hw = frame["valid"][::step, ::step]
+    uv_N2, _ = project(transform_points(world2cam_44, pts_HW3[::step, ::step][ok_hw].astype(np.float64)), frame["K"])
+    err_N = np.nan_to_num(np.linalg.norm(uv_N2 - step * pixel_grid(*ok_hw.shape)[ok_hw], axis=-1), nan=np.inf)
+    if not len(err_N) or not np.median(err_N) <= POSE_CHECK * pts_HW3.shape[1]:  # e.g. first-camera labels
+        log.debug("labels do not reproject through their pose: nearest-label sampling")
+        return None
+    return pts_HW3 @ world2cam_44[2, :3].astype(pts_HW3.dtype) + float(world2cam_44[2, 3])
+
+
+def resize_frame(frame: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Resize one cached frame to ``size`` (h, w) so that image, labels and the returned ``K`` agree exactly.
+
+    The image is area-resampled, so student pixel k is centred on label coordinate (k + 0.5) * H / h (label pixel
+    centres at j + 0.5), which ``scale_intrinsics`` describes; the labels are sampled at that same position. The
+    nearest label would sit up to half a label pixel off it (a quarter student pixel at ratio 2, on every
+    pixel), a bias PnP turns into pose error. Points and confidence are interpolated (perspective-correct) from
+    the 4 neighbouring labels when all are valid and on one surface, judged by their camera depths through
+    ``cam2world`` (spread below ``SURFACE_TOL`` of their mean): across a depth edge interpolation would invent
+    points in mid-air. There, beside invalid labels, and when the pose does not describe the labels, the
+    nearest valid neighbour is taken: a true label from the pixel's footprint keeps edges and hole borders
+    supervised, at the price of an offset of up to half a label pixel on those pixels (at ratio 2 the four tie
+    and the top-left one is taken); a pixel is valid when one of its neighbours is. ``depth`` (the dataset's,
+    0 = unknown) has its own holes, so it is sampled the same way by its own validity and values.
     """
     H, W = frame["image"].shape[:2]
     h, w = size
     if (h, w) == (H, W):
         return frame
-    rows = np.minimum(((np.arange(h) + 0.5) * H / h).astype(int), H - 1)
-    cols = np.minimum(((np.arange(w) + 0.5) * W / w).astype(int), W - 1)
-    out = {k: frame[k][np.ix_(rows, cols)] for k in ("pts_world", "conf", "valid", "depth")}
+    idx_4hw, w_4hw = _taps(frame["valid"], _label_depths(frame), (h, w))
+    out = {k: _gather(frame[k], idx_4hw, w_4hw) for k in ("pts_world", "conf")}
+    out["valid"] = frame["valid"].ravel()[idx_4hw[0]]
+    depth_HW = frame["depth"]
+    has_depth_HW = np.isfinite(depth_HW) & (depth_HW > 0)
+    out["depth"] = _gather(depth_HW, *_taps(has_depth_HW, np.where(has_depth_HW, depth_HW, 0.0), (h, w)))
     resample = Image.Resampling.BOX if w < W else Image.Resampling.BICUBIC
     out["image"] = np.asarray(Image.fromarray(frame["image"]).resize((w, h), resample))
     out["K"] = scale_intrinsics(frame["K"], w / W, h / H).astype(np.float32)

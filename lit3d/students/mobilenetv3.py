@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 import timm
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class MobileNetV3Config(StudentConfig):
     name: str = "mobilenetv3"
+    default_lr: ClassVar[float] = 5e-3  # 2.5x faster to the same error than 2e-3; 1e-2 diverges
     model_name: str = "mobilenetv3_small_100"
     """timm model name of the backbone (e.g. mobilenetv3_small_100, mobilenetv3_large_100)."""
     pretrained: bool = False
@@ -40,7 +42,8 @@ class MobileNetV3Student(nn.Module):
         self.cfg = cfg
         self.backbone = _drop_unused_blocks(_create_backbone(cfg))
         info = self.backbone.feature_info
-        self.head = ConvHead(info.channels(), info.reduction(), width=cfg.head_width)
+        self.head = ConvHead(info.channels(), info.reduction(), width=cfg.head_width,
+                             out_stride=cfg.head_stride)
         self.mean, self.std = self.backbone.pretrained_cfg.get("mean"), self.backbone.pretrained_cfg.get("std")
         if cfg.freeze_backbone:
             self.backbone.requires_grad_(False)

@@ -10,6 +10,16 @@ import torch
 from lit3d.metrics.pointmap import PointErrors
 from lit3d.students import STUDENTS, create_student
 
+STUDENT_FORMAT = 2
+"""Layout of the students' weights in checkpoints. Bump it when a change to a student or the head adds, renames or
+reshapes weights, so that older checkpoints fail with this explanation instead of a list of mismatched keys.
+1: full-resolution head (before ``head_stride``); 2: head with ``head_stride``, strided vanilla CNN, ViT attention
+as one qkv projection."""
+
+
+class CheckpointFormatError(ValueError):
+    """A checkpoint of students with another weight layout (see ``STUDENT_FORMAT``)."""
+
 
 class StudentModule(L.LightningModule):
     """Student + MSE to the teacher's world points + point-error metrics.
@@ -35,6 +45,24 @@ class StudentModule(L.LightningModule):
     def from_config(cls, cfg, stats: dict[str, torch.Tensor]) -> "StudentModule":
         return cls(dataclasses.asdict(cfg.student), dataclasses.asdict(cfg.optim), tuple(cfg.loader.resolution),
                    stats["mean"].tolist(), stats["std"].tolist(), cfg.trainer.max_epochs)
+
+    @classmethod
+    def load(cls, path, map_location: str | torch.device = "cpu") -> "StudentModule":
+        """The module saved in the Lightning checkpoint ``path``, refusing other student formats by name."""
+        try:
+            return cls.load_from_checkpoint(path, map_location=map_location)
+        except CheckpointFormatError as e:
+            raise CheckpointFormatError(f"checkpoint {path}: {e}") from None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["lit3d_student_format"] = STUDENT_FORMAT
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        found = checkpoint.get("lit3d_student_format", 1)
+        if found != STUDENT_FORMAT:
+            raise CheckpointFormatError(
+                f"written with student format {found}, this lit3d reads format {STUDENT_FORMAT} (the students' "
+                f"layers changed); retrain it, or evaluate it with the lit3d version that wrote it")
 
     def forward(self, image_B3HW: torch.Tensor) -> torch.Tensor:
         """World points (B, 3, H, W) in the labels' frame and unit for images in [0, 1]."""

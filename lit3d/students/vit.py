@@ -36,21 +36,36 @@ class ViTConfig(StudentConfig):
     """Channel width of the head at full resolution (twice that at coarser strides)."""
 
 
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through ``scaled_dot_product_attention`` (fused kernels on CPU and GPU)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x_BND: torch.Tensor) -> torch.Tensor:
+        B, N, D = x_BND.shape
+        q, k, v = self.qkv(x_BND).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        out_BhNd = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(out_BhNd.transpose(1, 2).reshape(B, N, D))
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: x + MHA(LN(x)), then x + MLP(LN(x)) with GELU and dropout."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.attn = SelfAttention(dim, heads, dropout)
         self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim),
                                  nn.Dropout(dropout))
 
     def forward(self, x_BND: torch.Tensor) -> torch.Tensor:
-        h = self.norm1(x_BND)
-        x_BND = x_BND + self.attn(h, h, h, need_weights=False)[0]
+        x_BND = x_BND + self.attn(self.norm1(x_BND))
         return x_BND + self.mlp(self.norm2(x_BND))
 
 
@@ -70,7 +85,7 @@ class ViTStudent(nn.Module):
         self.encoder = nn.Sequential(*[Block(cfg.latent_dim, cfg.num_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth)])
         self.decoder = nn.Sequential(*[Block(cfg.latent_dim, cfg.num_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(cfg.latent_dim)
-        self.head = ConvHead(cfg.latent_dim, p, width=cfg.head_width)
+        self.head = ConvHead(cfg.latent_dim, p, width=cfg.head_width, out_stride=cfg.head_stride)
 
     def forward(self, img_B3HW: torch.Tensor) -> torch.Tensor:
         B, _, H, W = img_B3HW.shape

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from lit3d.config import load_config
 from lit3d.export import ExportError, export_onnx, export_torchscript, read_ply, write_ply
+from lit3d.students import create_student
 
 
 def test_ply_round_trip_exact(tmp_path):
@@ -101,12 +103,16 @@ def test_torchscript_round_trip(tmp_path, net_and_example):
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # shape checks in MHA, covered by the B+1 check
-@pytest.mark.parametrize("arch", ["conv", "attention"])
+@pytest.mark.parametrize("arch", ["conv", "attention", "vit"])
 def test_onnx_round_trip_dynamic_batch(tmp_path, net_and_example, arch):
     ort = pytest.importorskip("onnxruntime")
     net, x = net_and_example
     if arch == "attention":
         net = TinyAttention().train()
+    if arch == "vit":  # the ViT student's attention (scaled_dot_product_attention) and sub-pixel head
+        cfg = load_config(["student=vit", "student.depth=1", "student.latent_dim=16", "student.num_heads=4",
+                           "student.patch_size=8", "student.head_width=4"])
+        net = create_student(cfg.student, tuple(x.shape[-2:])).train()
     fastpath = torch.backends.mha.get_fastpath_enabled()
     res = export_onnx(net, x, tmp_path / "student.onnx", atol=1e-4)
     assert net.training and torch.backends.mha.get_fastpath_enabled() == fastpath

@@ -4,6 +4,7 @@ import torch
 
 from lit3d.config import load_config
 from lit3d.students import STUDENTS, create_student, model_size
+from lit3d.students.head import ConvHead
 
 SMALL = {
     "vanilla_cnn": ["student.channels=[8,8,16,16,32,32]"],
@@ -72,3 +73,41 @@ def test_student_overfits_a_single_image():
         opt.step()
     assert loss.item() < first / 100
     assert loss.item() < 1e-3
+
+
+@pytest.mark.parametrize("out_stride", [1, 2, 4, 32])
+def test_head_predicts_every_pixel_at_any_stride(out_stride):
+    """Sub-pixel output: each cell's out_stride**2 points land on their own pixels, whatever the input size."""
+    torch.manual_seed(0)
+    head = ConvHead([8, 16, 32], [4, 8, 32], width=8, hidden=16, out_stride=out_stride)
+    size = (40, 56)  # not a multiple of 32: maps are ceil-sized as padded convs make them
+    feats = [torch.rand(2, c, -(-size[0] // s), -(-size[1] // s)) for c, s in zip([8, 16, 32], [4, 8, 32])]
+    out = head(feats, size)
+    assert out.shape == (2, 3, *size)
+    # inputs finer than the output stride are not used, so they own no weights
+    assert sorted(map(int, head.lateral)) == [s for s in (4, 8, 32) if s >= min(out_stride, 32)]
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in head.parameters())
+
+
+def test_head_sub_pixel_layout_matches_pixel_shuffle():
+    """With one cell, the point MLP's 3*s*s outputs are the s x s block of points, channel-major."""
+    head = ConvHead(4, 4, width=4, hidden=8, out_stride=4)
+    x = torch.rand(1, 4, 1, 1)
+    cell = head.point_mlp[:-1](head.lateral["4"](x)).view(3, 4, 4)
+    assert torch.allclose(head(x, (4, 4))[0], cell)
+
+
+@pytest.mark.parametrize("head_stride", [1, 8])
+def test_students_at_other_head_strides(head_stride):
+    size = (32, 48)
+    for name in STUDENTS.names():
+        cfg = load_config([f"student={name}", f"student.head_stride={head_stride}", *SMALL.get(name, [])])
+        out = create_student(cfg.student, size)(torch.rand(2, 3, *size))
+        assert out.shape == (2, 3, *size) and torch.isfinite(out).all(), name
+
+
+def test_vanilla_cnn_strides_are_checked():
+    cfg = load_config(["student=vanilla_cnn", "student.strides=[1,2,3,1,1,1]"])
+    with pytest.raises(ValueError, match="student.strides"):
+        create_student(cfg.student, (32, 32))
