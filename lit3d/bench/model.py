@@ -3,8 +3,9 @@
 In one process on one device: each student's forward latency (p50 / p95 per batch, ms) and throughput (images/s)
 at ``--resolution`` and ``--batch-size``; the DUSt3R teacher's forward for one pair of distinct images at the same
 resolution (random weights: the same compute as the released ones); the ratio teacher seconds per pair / student
-seconds per image; parameter counts and MB (parameters and buffers as stored, 1 MB = 2**20 bytes). Then the
-input pipeline (preloaded DataLoader, images/s) against each student's training step at the data config's
+seconds per image, and the same ratio of multiply-accumulates (GMAC, counted by torch's FlopCounterMode: the bound
+on the speed ratio at equal efficiency, whatever the device); parameter counts and MB (parameters and buffers as
+stored, 1 MB = 2**20 bytes). Then the input pipeline (preloaded DataLoader, images/s) against each student's training step at the data config's
 ``loader.resolution`` and ``loader.batch_size`` (``lit3d.bench.data``'s measurement): a ratio above 1 means the
 loader never starves training.
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from lit3d.bench.data import _rate
 from lit3d.cache import build_labels
@@ -48,15 +50,22 @@ class Row:
     items_per_s: float
     cpu_ms: float
     """Process CPU time per item (all threads): less inflated than wall time by other load on a shared machine."""
+    gmac: float
+    """Multiply-accumulates per item, 1e9."""
     ratio: float = float("nan")
     """Teacher seconds per pair / this model's seconds per image."""
+    mac_ratio: float = float("nan")
+    """Teacher multiply-accumulates per pair / this model's per image."""
 
 
 def time_forward(fn, n_items: int, iters: int, warmup: int, max_seconds: float,
-                 cuda: bool) -> tuple[float, float, float, float]:
-    """(p50 ms, p95 ms, items/s, process CPU ms per item) of ``fn``: ``warmup`` untimed calls, then ``iters``
-    timed ones (at least 2, fewer when they exceed ``max_seconds``)."""
-    for _ in range(warmup):
+                 cuda: bool) -> tuple[float, float, float, float, float]:
+    """(p50 ms, p95 ms, items/s, process CPU ms per item, GMAC per item) of ``fn``: ``warmup`` untimed calls (at
+    least one, which counts the multiply-accumulates), then ``iters`` timed ones (at least 2, fewer when they
+    exceed ``max_seconds``)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    for _ in range(warmup - 1):
         fn()
     times: list[float] = []
     cpu0 = time.process_time()
@@ -68,7 +77,8 @@ def time_forward(fn, n_items: int, iters: int, warmup: int, max_seconds: float,
         times.append(time.perf_counter() - t0)
     cpu_ms = 1000 * (time.process_time() - cpu0) / (n_items * len(times))
     ms = 1000 * np.array(times)
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), n_items * len(times) / sum(times), cpu_ms
+    gmac = counter.get_total_flops() / 2e9 / n_items
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), n_items * len(times) / sum(times), cpu_ms, gmac
 
 
 def parse_student(spec: str, extra: list[str] | None = None):
@@ -85,10 +95,10 @@ def bench_students(specs: list[str], hw: tuple[int, int], batch: int, device: to
         net = create_student(parse_student(spec).student, hw).to(device).eval()
         x_B3HW = torch.rand(batch, 3, *hw, device=device)
         size = model_size(net)
-        p50, p95, ips, cpu = time_forward(lambda: net(x_B3HW), batch, args.iters, args.warmup, args.max_seconds,
-                                          device.type == "cuda")
+        p50, p95, ips, cpu, gmac = time_forward(lambda: net(x_B3HW), batch, args.iters, args.warmup,
+                                                args.max_seconds, device.type == "cuda")
         rows.append(Row(f"student {spec}", "image", device.type, "fp32", batch, int(size["params"]), size["size_mb"],
-                        p50, p95, ips, cpu))
+                        p50, p95, ips, cpu, gmac))
         log.info("%s: %.1f ms per batch of %d (p50), %.1f images/s", spec, p50, batch, ips)
         del net
     return rows
@@ -103,12 +113,12 @@ def bench_teacher(preset: str, overrides: list[str], hw: tuple[int, int], device
     pair = {"img_i": images[:1], "img_j": images[1:], "idx_i": torch.tensor([0], device=device),
             "idx_j": torch.tensor([1], device=device)}
     size = model_size(teacher.net)
-    p50, p95, pps, cpu = time_forward(lambda: teacher(pair), 1, args.teacher_iters, 1, float("inf"),
-                                      device.type == "cuda")
+    p50, p95, pps, cpu, gmac = time_forward(lambda: teacher(pair), 1, args.teacher_iters, 1, float("inf"),
+                                            device.type == "cuda")
     log.info("teacher %s: %.0f ms per pair (p50)", preset, p50)
     name = f"teacher {preset}" + (f" [{' '.join(overrides)}]" if overrides else "")
     dtype = teacher.cfg.amp.replace("none", "fp32") if device.type == "cuda" else "fp32"
-    return Row(name, "pair", device.type, dtype, 1, int(size["params"]), size["size_mb"], p50, p95, pps, cpu)
+    return Row(name, "pair", device.type, dtype, 1, int(size["params"]), size["size_mb"], p50, p95, pps, cpu, gmac)
 
 
 def bench_data(specs: list[str], data_overrides: list[str], min_seconds: float) -> list[tuple[str, float]]:
@@ -140,12 +150,13 @@ def bench_data(specs: list[str], data_overrides: list[str], min_seconds: float) 
 def format_table(rows: list[Row]) -> str:
     w = max([len(r.name) for r in rows] + [5])
     head = (f"{'model':<{w}} {'per':>5} {'device':>6} {'dtype':>5} {'batch':>5} {'params M':>9} {'MB':>8} "
-            f"{'p50 ms':>9} {'p95 ms':>9} {'items/s':>9} {'cpu ms/item':>11} {'teacher/student':>15}")
+            f"{'p50 ms':>9} {'p95 ms':>9} {'items/s':>9} {'cpu ms/item':>11} {'GMAC/item':>9} {'teacher/student':>15} "
+            f"{'MAC ratio':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r.name:<{w}} {r.unit:>5} {r.device:>6} {r.dtype:>5} {r.batch:>5} {r.params / 1e6:>9.3f} "
                      f"{r.size_mb:>8.2f} {r.p50_ms:>9.2f} {r.p95_ms:>9.2f} {r.items_per_s:>9.2f} {r.cpu_ms:>11.1f} "
-                     f"{r.ratio:>15.1f}")
+                     f"{r.gmac:>9.2f} {r.ratio:>15.1f} {r.mac_ratio:>9.1f}")
     return "\n".join(lines)
 
 
@@ -165,7 +176,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=1, help="images per student forward")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--iters", type=int, default=20, help="timed student forwards (fewer past --max-seconds)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed student forwards first")
+    p.add_argument("--warmup", type=int, default=1, help="untimed student forwards first (the first counts GMAC)")
     p.add_argument("--max-seconds", type=float, default=15.0, help="stop timing a student after this (min 2 runs)")
     p.add_argument("--teacher-preset", default="DUSt3R_ViTLarge_BaseDecoder_512_dpt", choices=list(PRESETS))
     p.add_argument("--teacher-iters", type=int, default=2, help="timed teacher forwards (after one warm-up)")
@@ -195,6 +206,7 @@ def run(argv: list[str]) -> tuple[list[Row], list[tuple[str, float]]]:
         teacher = bench_teacher(args.teacher_preset, args.teacher, hw, device, args)
         for r in rows:  # teacher seconds per pair / student seconds per image
             r.ratio = r.items_per_s / teacher.items_per_s
+            r.mac_ratio = teacher.gmac / r.gmac
         rows.append(teacher)
     rates = [] if args.no_data else bench_data(args.students, args.data, args.data_seconds)
     return rows, rates

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 import timm
 import torch
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class MobileNetV3Config(StudentConfig):
     name: str = "mobilenetv3"
-    default_lr: ClassVar[float] = 5e-3  # 2.5x faster to the same error than 2e-3; 1e-2 diverges
+    default_lr: ClassVar[float] = 5e-3  # 150 epochs reach 2e-3's error after ~250; 1e-2 diverged
     model_name: str = "mobilenetv3_small_100"
     """timm model name of the backbone (e.g. mobilenetv3_small_100, mobilenetv3_large_100)."""
     pretrained: bool = False

@@ -1,7 +1,8 @@
 """``python -m lit3d.bench model`` on tiny settings: the table's structure, not its timings."""
 import pytest
+import torch
 
-from lit3d.bench.model import Row, format_table, parse_student, run
+from lit3d.bench.model import Row, format_table, parse_student, run, time_forward
 
 TINY_TEACHER = ["enc_embed_dim=32", "enc_depth=1", "enc_num_heads=2", "dec_embed_dim=32", "dec_depth=4",
                 "dec_num_heads=2", "dpt_feature_dim=16", "dpt_last_dim=8", "dpt_layer_dims=[8,8,16,16]"]
@@ -15,12 +16,12 @@ def test_student_spec_keeps_list_values():
 
 
 def test_table_layout():
-    rows = [Row("student a", "image", "cpu", "fp32", 2, 1000, 0.1, 1.0, 2.0, 2000.0, 0.9, 100.0),
-            Row("teacher b", "pair", "cpu", "fp32", 1, 10**8, 400.0, 20.0, 30.0, 20.0, 60.0)]
+    rows = [Row("student a", "image", "cpu", "fp32", 2, 1000, 0.1, 1.0, 2.0, 2000.0, 0.9, 0.5, 100.0, 200.0),
+            Row("teacher b", "pair", "cpu", "fp32", 1, 10**8, 400.0, 20.0, 30.0, 20.0, 60.0, 100.0)]
     lines = format_table(rows).splitlines()
     assert lines[0].split() == ["model", "per", "device", "dtype", "batch", "params", "M", "MB", "p50", "ms", "p95",
-                                "ms", "items/s", "cpu", "ms/item", "teacher/student"]
-    assert len(lines) == 4 and lines[2].split()[-1] == "100.0" and lines[3].split()[-1] == "nan"
+                                "ms", "items/s", "cpu", "ms/item", "GMAC/item", "teacher/student", "MAC", "ratio"]
+    assert len(lines) == 4 and lines[2].split()[-2:] == ["100.0", "200.0"] and lines[3].split()[-2:] == ["nan", "nan"]
 
 
 @pytest.mark.slow
@@ -35,5 +36,14 @@ def test_bench_model_tiny(tmp_path, capsys):
         assert r.params > 0 and r.size_mb > 0 and 0 < r.p50_ms <= r.p95_ms and r.items_per_s > 0 and r.cpu_ms > 0
     for r in rows[:2]:  # the ratio is the teacher's seconds per pair over the student's seconds per image
         assert r.ratio == pytest.approx(r.items_per_s / rows[2].items_per_s)
+        assert r.mac_ratio == pytest.approx(rows[2].gmac / r.gmac)
     assert [name.split()[0] for name, _ in rates] == ["DataLoader", "train", "train"]
     assert all(ips > 0 for _, ips in rates)
+
+
+def test_multiply_accumulates_are_counted_per_item():
+    """A 1x1 conv of 4 -> 8 channels over 5x6 pixels is 4 * 8 * 30 MACs per image, whatever the batch."""
+    conv = torch.nn.Conv2d(4, 8, 1, bias=False)
+    x = torch.rand(3, 4, 5, 6)
+    *_, gmac = time_forward(lambda: conv(x), n_items=3, iters=2, warmup=1, max_seconds=1.0, cuda=False)
+    assert gmac * 1e9 == pytest.approx(4 * 8 * 30)
