@@ -1,29 +1,24 @@
 """Helpers for notebooks: a sweep directory's study and trials, runs' curves, a run's predictions and poses.
 
+Runs are read through :mod:`lit3d.runs` (the same frames, predictions and localization as ``lit3d evaluate``).
+
 Tables come back as pandas DataFrames (pandas is in the ``dev`` extra); figures as plotly figures or PNG paths.
 """
 from __future__ import annotations
 
-import csv
-import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import optuna
-from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from lit3d.cache.datamodule import CachedFrames
-from lit3d.cache.store import LabelCache
-from lit3d.metrics.localization import localize, pose_errors, summarize
-from lit3d.students.module import StudentModule
+from lit3d import runs
+from lit3d.metrics.localization import summarize
 from lit3d.sweeps.spec import SweepConfig
 from lit3d.sweeps.spec import from_yaml as sweep_from_yaml
 from lit3d.viz.pointcloud import subsample
-from lit3d.viz.run import predict_frames
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -104,85 +99,57 @@ def metric_curves(run_dir: str | Path) -> "pd.DataFrame":
     """Epoch-level metrics of a run (index: epoch; columns such as train/loss_epoch, val/loss, val/l2_mean)."""
     import pandas as pd
 
-    path = Path(run_dir) / "metrics.csv"
-    with open(path, newline="") as f:
-        rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(runs.read_log(run_dir))
     if frame.empty or "epoch" not in frame:
         return frame
     keep = [c for c in frame.columns if c.startswith(("train/", "val")) and not c.endswith("_step")]
     return frame.groupby("epoch")[keep].last().dropna(how="all")
 
 
-@dataclass
-class Run:
-    """A finished run: its config (as written: plain data, so old runs load whatever the config keys are now),
-    metrics, trained student (on the CPU) and label cache."""
-
-    run_dir: Path
-    config: dict[str, Any]
-    metrics: dict[str, Any]
-    module: StudentModule
-    cache: LabelCache
+Run = runs.Run
+"""A finished run (:class:`lit3d.runs.Run`): config as written, metrics, student (CPU), label cache."""
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", cache_dir: str | Path | None = None) -> Run:
-    """Load a run directory. ``checkpoint``: best or last. ``cache_dir`` finds the label cache when the run
-    recorded a path relative to another working directory."""
-    run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    ckpt = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
-    if not ckpt.is_file():
-        ckpt = run_dir / "checkpoints" / "last.ckpt"
-    module = StudentModule.load(ckpt)
-    module.eval()
-    cache_root = Path(metrics["labels/cache"])
-    if not cache_root.is_dir() and cache_dir is not None:
-        cache_root = Path(cache_dir) / "labels" / cache_root.name
-    config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
-    return Run(run_dir, config, metrics, module, LabelCache(cache_root))
+    """Load a run directory (:func:`lit3d.runs.open_run`). ``checkpoint``: best, last or a path. ``cache_dir``
+    finds the label cache when the run recorded a path relative to another working directory."""
+    return runs.open_run(run_dir, checkpoint, cache_dir)
 
 
-def predict_split(run: Run, split: str = "test", n_frames: int = 0) -> dict[str, Any]:
-    """Student predictions on ``split`` frames (all, or ``n_frames`` evenly spaced) at the student resolution:
-    arrays ``image``, ``student``, ``teacher`` (N, H, W, 3), ``valid``, ``K``, ``cam2world``, and ``names``."""
+def predict_split(run: Run, split: str = "test", n_frames: int = 0) -> runs.Frames:
+    """The student's predictions on ``split`` frames (all, or ``n_frames`` evenly spaced) at its resolution, with
+    images, teacher labels, ground truth, K and true poses (:class:`lit3d.runs.Frames`)."""
     names = run.cache.split.get(split) or []
     if not names:
         raise ValueError(f"the label cache {run.cache.root} has no {split!r} frames")
-    dataset = CachedFrames(run.cache, names, tuple(run.module.hparams.img_size))
-    idx = np.arange(len(dataset)) if n_frames <= 0 else np.unique(np.linspace(0, len(dataset) - 1, n_frames).round())
-    pred = predict_frames(run.module, dataset, [int(i) for i in idx])
-    pred["names"] = [names[int(i)] for i in idx]
-    return pred
+    idx = range(len(names)) if n_frames <= 0 else np.unique(np.linspace(0, len(names) - 1, n_frames).round())
+    batch = int(run.config.get("loader", {}).get("batch_size", 8))
+    return runs.load_frames(run.cache, [names[int(i)] for i in idx], run.module, batch)
 
 
-def point_errors(pred: dict[str, Any]) -> "pd.DataFrame":
-    """Per-frame distance between student and teacher points over valid pixels (labels' unit)."""
+def point_errors(run: Run, frames: runs.Frames) -> "pd.DataFrame":
+    """Per-frame mean and median distance of the student's points to the teacher's (labels' unit) and, where the
+    scene has depth and poses, of both to the ground truth (metres, labels mapped by :meth:`Run.to_gt`)."""
     import pandas as pd
 
-    err = np.linalg.norm(pred["student"] - pred["teacher"], axis=-1)
-    rows = [{"frame": n, "l2_mean": float(e[v].mean()), "l2_median": float(np.median(e[v]))}
-            for n, e, v in zip(pred["names"], err, pred["valid"]) if v.any()]
-    return pd.DataFrame(rows).set_index("frame")
+    rows, _ = runs.point_errors(frames, run.to_gt()[0])
+    return pd.DataFrame([{"frame": n, **r} for n, r in zip(frames.names, rows)]).set_index("frame")
 
 
-def localize_frames(pred: dict[str, Any], reprojection_px: float | None = None) -> "pd.DataFrame":
-    """Camera poses by PnP-RANSAC from the student's and the teacher's points, and their errors (cm, degrees).
+def localize_frames(run: Run, frames: runs.Frames, reprojection_px: float | None = None) -> "pd.DataFrame":
+    """Camera poses by PnP-RANSAC from the student's and the teacher's points with ``evaluate``'s settings, and
+    their errors (cm, degrees) after mapping the labels' frame onto the dataset's (:meth:`Run.to_gt`).
 
-    The inlier threshold defaults to 10 px at 640 px width, scaled to the frames' width (at least 1 px).
+    The inlier threshold defaults to :func:`lit3d.runs.default_reprojection_px` of the frames' width.
     """
     import pandas as pd
 
-    width = pred["student"].shape[2]
-    px = reprojection_px or max(1.0, 10.0 * width / 640)
-    rows = []
-    for i, name in enumerate(pred["names"]):
-        for who, mask in (("student", None), ("teacher", pred["valid"][i])):
-            res = localize(pred[who][i], mask, pred["K"][i], reprojection_px=px)
-            t_cm, r_deg = pose_errors(res.cam2world_44, pred["cam2world"][i])
-            rows.append({"frame": name, "points": who, "ok": res.ok, "t_cm": t_cm, "r_deg": r_deg,
-                         "inlier_ratio": res.inlier_ratio, "reason": res.reason})
-    return pd.DataFrame(rows)
+    px = reprojection_px or runs.default_reprojection_px(frames.images_NHW3.shape[2])
+    rows, _, _ = runs.localize_frames(frames, run.to_gt()[0], px)
+    return pd.DataFrame([{"frame": name, "points": who, "ok": r[f"{who}_loc_ok"], "t_cm": r[f"{who}_t_cm"],
+                          "r_deg": r[f"{who}_r_deg"], "inlier_ratio": r[f"{who}_inlier_ratio"],
+                          "reason": r[f"{who}_loc_reason"]}
+                         for name, r in zip(frames.names, rows) for who in ("student", "teacher")])
 
 
 def localization_summary(poses: "pd.DataFrame") -> "pd.DataFrame":
@@ -193,19 +160,19 @@ def localization_summary(poses: "pd.DataFrame") -> "pd.DataFrame":
                          for who, g in poses.groupby("points")}).T
 
 
-def pointcloud_figure(pred: dict[str, Any], max_points: int = 20_000) -> "go.Figure":
+def pointcloud_figure(frames: runs.Frames, max_points: int = 20_000) -> "go.Figure":
     """Teacher and student points of the predicted frames in one 3D plotly figure, coloured by the image."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    valid = pred["valid"]
-    colours = pred["image"][valid]
-    for who in ("teacher", "student"):
-        pts = pred[who][valid]
+    valid = frames.valid_NHW
+    colours = frames.images_NHW3[valid]
+    for who, pts_NHW3 in (("teacher", frames.teacher_NHW3), ("student", frames.student_NHW3)):
+        pts = pts_NHW3[valid]
         idx = subsample(len(pts), max_points)
         rgb = [f"rgb({r},{g},{b})" for r, g, b in colours[idx].tolist()]
         fig.add_trace(go.Scatter3d(x=pts[idx, 0], y=pts[idx, 1], z=pts[idx, 2], mode="markers", name=who,
                                    marker=dict(size=1.5, color=rgb), hoverinfo="skip"))
     fig.update_layout(scene=dict(aspectmode="data"), margin=dict(l=0, r=0, t=30, b=0),
-                      title=f"teacher vs student, {len(pred['names'])} frames")
+                      title=f"teacher vs student, {len(frames.names)} frames")
     return fig

@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lit3d.align.config import AlignConfig
 from lit3d.data.config import DataConfig
+from lit3d.data.splits import SPLIT_MODES
 from lit3d.pairs.config import PairsConfig
 from lit3d.registry import Registry, UnknownNameError
 from lit3d.students import STUDENTS
@@ -34,6 +35,10 @@ class ConfigError(ValueError):
     """A config that cannot be used: unknown key, wrong type, missing experiment file."""
 
 
+class MissingPackageError(ImportError):
+    """A configured option needs a package that is not installed; the message names it and how to install it."""
+
+
 @dataclass
 class LoaderConfig:
     resolution: list[int] = field(default_factory=lambda: [96, 128])
@@ -46,15 +51,25 @@ class LoaderConfig:
     pin_memory: bool = False
     """Pin host memory for faster transfers to a GPU."""
     color_jitter: float = 0.2
-    """Strength of photometric augmentation (brightness, contrast, saturation; 0 = off). Geometric
-    augmentation is never applied: it would change which world point a pixel sees."""
+    """Strength of photometric augmentation of training views (brightness, contrast, saturation; 0 = off)."""
+    geometric: bool = True
+    """Geometric augmentation of training views: random in-plane rotation, scale and shift, the labels warped with
+    the image (nearest) and their world values unchanged, the view's K and pose updated exactly. Valid because the
+    labels are world points: a pixel still sees the same world point after the image moves."""
+    rotation_deg: float = 15.0
+    """Geometric augmentation: in-plane rotation uniform in +- this many degrees (a camera roll about its axis)."""
+    scale_range: list[float] = field(default_factory=lambda: [2 / 3, 3 / 2])
+    """Geometric augmentation: zoom factor range, log-uniform (< 1 zooms out and pads with invalid pixels, > 1
+    crops); the focal length scales with it."""
+    shift: float = 0.1
+    """Geometric augmentation: principal-point shift uniform in +- this fraction of the image size."""
 
 
 @dataclass
 class OptimConfig:
     lr: float = 0.0
     """Peak AdamW learning rate; 0 takes the student's own (``default_lr`` of its config class: 5e-3 for
-    mobilenetv3, 2e-3 for vit, which stalls at 5e-3, and for vanilla_cnn)."""
+    mobilenetv3, 3e-3 for scr, 2e-3 for vit, which stalls at 5e-3, and for vanilla_cnn)."""
     weight_decay: float = 1e-4
     """AdamW weight decay."""
     warmup_epochs: int = 3
@@ -63,6 +78,31 @@ class OptimConfig:
     """Cosine schedule ends at ``lr * min_lr_ratio``."""
     conf_weighting: bool = False
     """Weight the MSE by the teacher's confidence (off in the paper)."""
+
+
+@dataclass
+class LossConfig:
+    name: str = "reprojection"
+    """``mse``: the paper's mean squared error to the teacher's world points (normalised coordinates).
+    ``reprojection``: scene-coordinate-regression loss for labels with camera poses (ACE/DSAC*-like): the robust
+    reprojection error of each predicted point in its (augmented) camera, a pull of invalid predictions back to
+    valid depths, plus ``weight_3d`` times the 3-D error to the label."""
+    clamp_px: list[float] = field(default_factory=lambda: [50.0, 1.0])
+    """reprojection: soft clamp of the reprojection error (``c * tanh(e / c)``), from its first to its last value
+    over training, in pixels of a 640-px-wide image (scaled with the student's width)."""
+    schedule: str = "circle"
+    """reprojection: how the clamp shrinks with training progress p: ``circle`` (sqrt(1 - p^2), late), ``linear``."""
+    weight_3d: float = 1.0
+    """reprojection: weight of the 3-D term, the label distance in pixel-equivalent units (distance * f / depth,
+    so it weighs like a reprojection error); 0 = reprojection only (predictions can slide along their rays)."""
+    min_depth: float = 0.1
+    """reprojection: predictions nearer than this (labels' unit) in front of the camera, or behind it, are invalid."""
+    max_depth: float = 1000.0
+    """reprojection: predictions farther than this (labels' unit) are invalid."""
+    max_reprojection_px: float = 1000.0
+    """reprojection: predictions reprojecting farther than this (pixels at 640 px width) are invalid."""
+    invalid_depth: float = 10.0
+    """reprojection: invalid predictions without a label are pulled to the point at this depth on their ray."""
 
 
 @dataclass
@@ -110,11 +150,35 @@ class FitConfig:
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     student: StudentConfig = field(default_factory=lambda: STUDENTS.config("mobilenetv3"))
     optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
 GROUPS: dict[str, Registry] = {"student": STUDENTS, "teacher": TEACHERS}
 """Config sections whose class depends on a registered name."""
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.split": SPLIT_MODES,
+    "loss.name": ("mse", "reprojection"),
+    "loss.schedule": ("circle", "linear"),
+    "align.method": ("known_poses", "global"),
+    "align.schedule": ("cosine", "linear", "constant"),
+    "align.sampling": ("grid", "confident"),
+    "align.robust": ("none", "cauchy"),
+    "align.known_pose_mode": ("fixed", "anchor", "ignore"),
+    "align.on_disconnected": ("error", "components"),
+    "trainer.logger": ("csv", "tensorboard", "wandb", "mlflow"),
+}
+"""Keys whose value is one of a few names, checked when a config loads (before any work starts)."""
+
+
+def check_choices(cfg: "FitConfig") -> None:
+    """Raise ConfigError for the first key of ``CHOICES`` whose value is not one of its names."""
+    for key, valid in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in valid:
+            raise ConfigError(f"invalid value for '{key}': {value!r}; valid values: {', '.join(valid)}")
 
 
 def _experiment_yaml(name: str) -> DictConfig:
@@ -188,6 +252,7 @@ def _resolve(raw: DictConfig) -> FitConfig:
         msg = str(e).splitlines()[0]
         raise ConfigError(f"invalid value for '{key}': {msg}" if key else msg) from None
     cfg = OmegaConf.to_object(merged)
+    check_choices(cfg)
     if cfg.optim.lr <= 0:
         cfg.optim.lr = cfg.student.default_lr
     return cfg

@@ -12,13 +12,13 @@ from datetime import datetime
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from lit3d.cache import build_labels
-from lit3d.cache.datamodule import PointmapDataModule
+from lit3d.cache.datamodule import PointmapDataModule, check_poses_describe_labels
 from lit3d.cache.store import write_json
-from lit3d.config import FitConfig, to_yaml
+from lit3d.config import FitConfig, MissingPackageError, to_yaml
 from lit3d.data.io import atomic_write_bytes
 from lit3d.students import model_size
 from lit3d.students.module import StudentModule
@@ -28,6 +28,35 @@ log = logging.getLogger("lit3d.fit")
 
 def default_run_dir(cfg: FitConfig) -> Path:
     return Path("runs") / cfg.experiment / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+"""``trainer.logger`` -> the package it needs (csv needs none)."""
+
+
+def make_logger(name: str, run_dir: Path, experiment: str) -> Logger:
+    """The Lightning logger ``trainer.logger`` names, writing under ``run_dir`` (wandb: offline unless
+    ``WANDB_MODE`` says otherwise; mlflow: a file store in ``run_dir/mlruns`` unless ``MLFLOW_TRACKING_URI`` is set).
+    A logger whose package is missing is an error naming it, never a silent fallback."""
+    import importlib.util
+    import os
+
+    package = LOGGER_PACKAGES.get(name)
+    if package and importlib.util.find_spec(package) is None:
+        raise MissingPackageError(f"trainer.logger={name} needs the {package} package (pip install {package})")
+    if name == "tensorboard":
+        return TensorBoardLogger(run_dir, name="", version="tensorboard")
+    if name == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        return WandbLogger(name=run_dir.name, project=experiment, save_dir=str(run_dir),
+                           offline=os.environ.get("WANDB_MODE", "offline") == "offline")
+    if name == "mlflow":
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        return MLFlowLogger(experiment_name=experiment, run_name=run_dir.name,
+                            tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", (run_dir / "mlruns").resolve().as_uri()))
+    return CSVLogger(run_dir, name="", version="")
 
 
 def fit(cfg: FitConfig, callbacks: list | None = None, trainer_kwargs: dict | None = None) -> dict[str, float]:
@@ -40,17 +69,18 @@ def fit(cfg: FitConfig, callbacks: list | None = None, trainer_kwargs: dict | No
     cfg.run_dir = str(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(run_dir / "config.yaml", to_yaml(cfg).encode())
+    logger = make_logger(cfg.trainer.logger, run_dir, cfg.experiment)  # a missing package fails before labelling
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     cache, label_summary = build_labels(cfg)
     dm = PointmapDataModule(cache, cfg.loader, seed=cfg.seed)
+    if cfg.loss.name == "reprojection":
+        check_poses_describe_labels(cache, cache.split["train"])
     module = StudentModule.from_config(cfg, dm.train_stats())
     size = model_size(module.student)
     log.info("student %s: %.3f M parameters, %.2f MB", cfg.student.name, size["params"] / 1e6, size["size_mb"])
 
     t = cfg.trainer
-    logger = (TensorBoardLogger(run_dir, name="", version="tensorboard") if t.logger == "tensorboard"
-              else CSVLogger(run_dir, name="", version=""))
     has_val = len(cache.split.get("val", [])) > 0
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", save_last=True,
                                  monitor="val/l2_mean" if has_val else None, mode="min", save_top_k=1)
@@ -58,7 +88,8 @@ def fit(cfg: FitConfig, callbacks: list | None = None, trainer_kwargs: dict | No
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, precision=t.precision, logger=logger, log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=t.check_val_every_n_epoch, enable_progress_bar=t.enable_progress_bar,
-        deterministic=t.deterministic, callbacks=[checkpoint, *(callbacks or [])], default_root_dir=run_dir,
+        deterministic=t.deterministic,
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch"), *(callbacks or [])], default_root_dir=run_dir,
         **(trainer_kwargs or {}),
     )
     resume = str(run_dir / "checkpoints" / "last.ckpt") if t.resume == "last" else (t.resume or None)

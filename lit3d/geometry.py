@@ -135,3 +135,30 @@ def umeyama_sim3(src_BP3, dst_BP3, weights_BP=None, with_scale: bool = True):
         s = torch.ones(src.shape[:-2], dtype=src.dtype, device=src.device)
     t = mu_dst - s[..., None] * (R @ mu_src[..., None])[..., 0]
     return (s.numpy(), R.numpy(), t.numpy()) if is_np else (s, R, t)
+
+
+def rotation_to_quaternion(R_33: np.ndarray) -> np.ndarray:
+    """Unit quaternion (w, x, y, z), w >= 0, of a rotation matrix (snapped onto SO(3) first; Shepperd's method,
+    stable for every angle)."""
+    R = nearest_rotation(R_33)
+    trace = np.trace(R)
+    k = int(np.argmax([trace, R[0, 0], R[1, 1], R[2, 2]]))
+    if k == 0:
+        s = 2.0 * np.sqrt(1.0 + trace)
+        q = np.array([s / 4, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s])
+    else:
+        i, j, m = k - 1, k % 3, (k + 1) % 3
+        s = 2.0 * np.sqrt(1.0 + R[i, i] - R[j, j] - R[m, m])
+        q = np.empty(4)
+        q[0] = (R[m, j] - R[j, m]) / s
+        q[1 + i], q[1 + j], q[1 + m] = s / 4, (R[j, i] + R[i, j]) / s, (R[m, i] + R[i, m]) / s
+    q /= np.linalg.norm(q)
+    return q if q[0] >= 0 else -q
+
+
+def quaternion_to_rotation(q_wxyz: np.ndarray) -> np.ndarray:
+    """Rotation matrix of a quaternion (w, x, y, z) (normalised first)."""
+    w, x, y, z = np.asarray(q_wxyz, dtype=np.float64) / np.linalg.norm(q_wxyz)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])

@@ -1,4 +1,4 @@
-"""``python -m lit3d.report RUN_DIRS... [--group-by KEY ...] [--metrics M ...] [--out DIR]``: tables of many runs.
+"""``lit3d report RUN_DIRS... [--group-by KEY ...] [--metrics M ...] [--out DIR]``: tables of many runs.
 
 Gathers ``metrics.json`` and ``config.yaml`` of run directories (or of every run below the folders given) into one
 table grouped by scene (``data.format`` with ``data.root``, or the synthetic ``data.seed``) and by any config keys,
@@ -10,8 +10,6 @@ with the mean and, over several runs (seeds), the sample std per group. Writes i
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
 import math
@@ -19,9 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from lit3d.data.io import atomic_write_bytes
+from lit3d.runs import find_runs, flatten, load_curves, raw_config, read_metrics, write_csv
 
 log = logging.getLogger("lit3d.report")
 
@@ -30,40 +27,16 @@ DEFAULT_METRICS = ("test/l2_mean", "eval/student_vs_gt/l2_mean", "eval/teacher_v
 """Metrics reported when ``--metrics`` is not given (those present in at least one run)."""
 
 
-def find_runs(paths: list[str | Path]) -> list[Path]:
-    """Run directories (holding config.yaml and metrics.json) among ``paths`` and below them, sorted, unique."""
-    runs: set[Path] = set()
-    for p in map(Path, paths):
-        if not p.is_dir():
-            raise FileNotFoundError(f"{p} is not a directory")
-        found = [m.parent for m in p.rglob("metrics.json") if (m.parent / "config.yaml").is_file()]
-        if not found:
-            log.warning("no run directory (config.yaml + metrics.json) in %s", p)
-        runs.update(found)
-    return sorted(runs)
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as one dict of dotted keys (lists kept as values)."""
-    if not isinstance(tree, dict):
-        return {prefix[:-1]: tree}
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        out.update(flatten(v, f"{prefix}{k}."))
-    return out
-
-
 def scene_of(config: dict[str, Any]) -> str:
     """A scene's label: format and folder name, or for the synthetic scene its seed."""
     fmt, root = config.get("data.format", "?"), config.get("data.root") or ""
     return f"{fmt}:{Path(root).name or root}" if root else f"{fmt}:seed{config.get('data.seed', 0)}"
 
 
-def load_run(run_dir: Path) -> dict[str, Any]:
+def run_record(run_dir: Path) -> dict[str, Any]:
     """``{'run', 'scene', 'config' (dotted keys), 'metrics'}`` of one run directory."""
-    config = flatten(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {"run": run_dir, "scene": scene_of(config), "config": config, "metrics": metrics}
+    config = flatten(raw_config(run_dir))
+    return {"run": run_dir, "scene": scene_of(config), "config": config, "metrics": read_metrics(run_dir)}
 
 
 def _number(v: Any) -> float | None:
@@ -130,22 +103,13 @@ def markdown(rows: list[dict], group_by: list[str], metrics: list[str]) -> str:
     return "\n".join(out)
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
-
-
 def report(paths: list[str | Path], group_by: list[str] | None = None, metrics: list[str] | None = None,
            out: str | Path = "report") -> tuple[list[dict], str]:
     """Gather the runs under ``paths`` into ``out``/report.{csv,md} and loss_curves.png; returns (rows, markdown)."""
     from lit3d.viz.figures import loss_curves
-    from lit3d.viz.run import load_curves
 
     group_by = list(group_by or [])
-    runs = [load_run(p) for p in find_runs(paths)]
+    runs = [run_record(p) for p in find_runs(paths)]
     if not runs:
         raise FileNotFoundError(f"no run directories under {', '.join(map(str, paths))}")
     if metrics is None:
@@ -175,24 +139,22 @@ def _short_labels(paths: list[Path]) -> dict[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lit3d.cli import USER_ERRORS, setup_logging
+    from lit3d.cli import command
 
-    p = argparse.ArgumentParser(prog="python -m lit3d.report", description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(prog="lit3d report", description=__doc__.split("\n\n")[1])
     p.add_argument("runs", nargs="+", help="run directories, or folders containing run directories")
     p.add_argument("--group-by", nargs="+", default=[], metavar="KEY",
                    help="config keys (e.g. trainer.max_epochs, student.freeze_backbone); the first makes the columns")
     p.add_argument("--metrics", nargs="+", default=None, metavar="M",
                    help=f"metrics.json keys (default: those of {', '.join(DEFAULT_METRICS)} that exist)")
     p.add_argument("--out", default="report", help="output folder (default ./report)")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    setup_logging()
-    try:
-        _, md = report(args.runs, args.group_by, args.metrics, args.out)
-    except USER_ERRORS as e:
-        log.error("%s", str(e).splitlines()[0] if str(e) else type(e).__name__)
-        return 2
-    print(md)
-    return 0
+
+    def body(args: list[str]) -> int:
+        a = p.parse_args(args)
+        print(report(a.runs, a.group_by, a.metrics, a.out)[1])
+        return 0
+
+    return command("lit3d.report", body, argv)
 
 
 if __name__ == "__main__":

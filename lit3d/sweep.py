@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from lit3d.cli import USER_ERRORS, setup_logging
+from lit3d.cli import command
 from lit3d.config import FitConfig, field_docs
 from lit3d.data.io import atomic_write_bytes
 from lit3d.sweeps.space import grid_points, make_pruner, make_sampler
@@ -113,20 +113,18 @@ def help_text() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    setup_logging()
-    if not argv or argv[0].startswith("-") or "-h" in argv or "--help" in argv:
-        print(help_text())
-        return 0 if argv else 2
-    try:
-        sweep(load_sweep(argv[0], argv[1:]))
-    except USER_ERRORS as e:
-        log.error("%s", str(e).splitlines()[0] if str(e) else type(e).__name__)
-        return 2
-    except KeyboardInterrupt:
-        log.error("interrupted; run the same command again to resume the study")
-        return 130
-    return 0
+    def body(args: list[str]) -> int:
+        if not args or args[0].startswith("-") or "-h" in args or "--help" in args:
+            print(help_text())
+            return 0 if args else 2
+        try:
+            sweep(load_sweep(args[0], args[1:]))
+        except KeyboardInterrupt:
+            log.error("interrupted; run the same command again to resume the study")
+            return 130
+        return 0
+
+    return command("lit3d.sweep", body, argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 import pytest
 
-from lit3d.config import ConfigError, from_yaml, help_text, load_config, to_yaml
+from lit3d.config import CHOICES, ConfigError, from_yaml, help_text, load_config, to_yaml
+from lit3d.students import STUDENTS
 from lit3d.students.vit import ViTConfig
 
 
@@ -22,7 +23,7 @@ def test_unknown_key_lists_valid_keys():
 
 
 def test_unknown_student_and_bad_values_are_one_line_errors():
-    with pytest.raises(ConfigError, match="unknown student 'resnet'; valid students: mobilenetv3, vanilla_cnn, vit"):
+    with pytest.raises(ConfigError, match=f"unknown student 'resnet'; valid students: {', '.join(STUDENTS.names())}"):
         load_config(["student=resnet"])
     with pytest.raises(ConfigError, match="trainer.max_epochs") as e:
         load_config(["trainer.max_epochs=many"])
@@ -46,4 +47,11 @@ def test_yaml_round_trip_and_help(tmp_path):
     assert from_yaml(tmp_path / "config.yaml") == cfg
     text = help_text(cfg)
     assert "student.latent_dim=64  # Token width." in text
-    assert "students: mobilenetv3, vanilla_cnn, vit" in text
+    assert f"students: {', '.join(STUDENTS.names())}" in text
+
+
+@pytest.mark.parametrize("key", sorted(CHOICES))
+def test_choice_typos_are_errors_at_load_listing_the_valid_values(key):
+    load_config([f"{key}={CHOICES[key][-1]}"])  # every listed value is accepted
+    with pytest.raises(ConfigError, match=rf"invalid value for '{key}': 'typo'; valid values: {', '.join(CHOICES[key])}"):
+        load_config([f"{key}=typo"])

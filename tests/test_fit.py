@@ -35,7 +35,7 @@ def test_fit_every_student_end_to_end(tiny_cfg, student):
 @pytest.mark.slow
 def test_training_beats_the_mean_point_baseline_and_resumes(tiny_cfg):
     common = ["trainer.check_val_every_n_epoch=20", "optim.lr=3e-3", "student.latent_dim=64", "student.num_heads=4",
-              "data.num_frames=24", "data.test_every=6", "data.val_every=6"]
+              "data.num_frames=24", "data.split=interleaved", "data.test_every=6", "data.val_every=6"]
     metrics = fit(tiny_cfg("trainer.max_epochs=60", *common))
     assert metrics["test/l2_mean"] < 0.6 * metrics["baseline/l2_mean"]  # measured 0.44
     # resume from the last checkpoint with more epochs: Lightning restores the epoch and optimizer state
@@ -67,3 +67,18 @@ def test_corrupt_cache_entry_is_rebuilt_before_training(tiny_cfg, caplog):
         metrics = fit(cfg)
     assert any("fails its checksum" in r.getMessage() for r in caplog.records)
     assert metrics["test/l2_mean"] > 0
+
+
+def test_loggers_name_their_missing_package(tmp_path, monkeypatch):
+    import importlib.util
+
+    from lit3d.config import MissingPackageError, load_config
+    from lit3d.fit import make_logger
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(MissingPackageError, match="trainer.logger=wandb needs the wandb package"):
+        make_logger("wandb", tmp_path, "x")
+    assert type(make_logger("csv", tmp_path, "x")).__name__ == "CSVLogger"
+    with pytest.raises(Exception, match="valid values: csv, tensorboard, wandb, mlflow"):
+        load_config(["trainer.logger=neptune"])

@@ -22,7 +22,7 @@ from lit3d.label import main
 
 REPO = Path(__file__).resolve().parents[1]
 # 12 frames, swin-3 symmetrised: 72 pairs in 18 shards of 4
-ARGS = ["data.num_frames=12", "data.resolution=[24,32]", "teacher.batch_size=4", "trainer.enable_progress_bar=false",
+ARGS = ["data.num_frames=12", "data.split=interleaved", "data.resolution=[24,32]", "teacher.batch_size=4", "trainer.enable_progress_bar=false",
         "trainer.accelerator=cpu", "trainer.devices=1"]
 N_SHARDS = 18
 

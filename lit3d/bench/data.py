@@ -1,8 +1,9 @@
 """``python -m lit3d.bench data [key=value ...]``: can the label cache feed the student?
 
 Measures, in one process on the same config: reading cache frames from disk (frames/s), DataLoader throughput
-with frames preloaded and read lazily from disk (images/s), and the student's training step (images/s). A ratio
-above 1 means the input pipeline is not the bottleneck.
+with frames preloaded and read lazily from disk (images/s, with the configured photometric and geometric
+augmentation), and the student's training step (images/s). A ratio above 1 means the input pipeline is not the
+bottleneck.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 import torch
 
 from lit3d.cache import build_labels
-from lit3d.cache.datamodule import CachedFrames, resize_frame
+from lit3d.cache.datamodule import CachedFrames, geometric_augmentation, resize_frame
 from lit3d.config import load_config
 from lit3d.students.module import StudentModule
 
@@ -30,6 +31,9 @@ def _rate(fn, n_items: int, min_seconds: float = 2.0) -> float:
 
 
 def main(argv: list[str]) -> None:
+    if "-h" in argv or "--help" in argv:
+        print("usage: lit3d bench data [key=value ...]   (config keys: lit3d fit --help)\n\n" + __doc__.split("\n\n")[1])
+        return
     cfg = load_config(argv)
     cache, _ = build_labels(cfg)
     names = cache.split["train"]
@@ -38,7 +42,8 @@ def main(argv: list[str]) -> None:
     read_fps = _rate(lambda: [resize_frame(cache.load_frame(n), size) for n in names], len(names))
 
     def loader_rate(preload: bool) -> float:
-        ds = CachedFrames(cache, names, size, cfg.loader.color_jitter, preload=preload)
+        ds = CachedFrames(cache, names, size, cfg.loader.color_jitter, preload=preload,
+                          geometric=geometric_augmentation(cfg.loader))
         dl = torch.utils.data.DataLoader(ds, batch_size=cfg.loader.batch_size, shuffle=True,
                                          num_workers=cfg.loader.num_workers)
         return _rate(lambda: [None for _ in dl], len(ds))
@@ -51,7 +56,7 @@ def main(argv: list[str]) -> None:
     batch = torch.utils.data.default_collate([ds[k] for k in range(len(ds))])
 
     def step() -> None:
-        loss = module._loss(batch)
+        loss = module.compute_loss(batch)[0]
         loss.backward()
         opt.step()
         opt.zero_grad()

@@ -1,4 +1,4 @@
-"""``python -m lit3d.bench model``: how much smaller and faster are the students than the DUSt3R teacher?
+"""``lit3d bench model``: how much smaller and faster are the students than the DUSt3R teacher?
 
 In one process on one device: each student's forward latency (p50 / p95 per batch, ms) and throughput (images/s)
 at ``--resolution`` and ``--batch-size``; the DUSt3R teacher's forward for one pair of distinct images at the same
@@ -12,14 +12,20 @@ loader never starves training.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import re
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from lit3d.export import export_onnx, export_torchscript
 
 from lit3d.bench.data import _rate
 from lit3d.cache import build_labels
@@ -88,20 +94,74 @@ def parse_student(spec: str, extra: list[str] | None = None):
     return load_config([f"student={name}", *(f"student.{x}" for x in items if x), *(extra or [])])
 
 
+RUNTIMES = ("eager", "torchscript", "onnxruntime")
+"""How a student is run: PyTorch eager, a traced TorchScript module, an exported ONNX model in ONNX Runtime (CPU)."""
+
+
+def _runtime_forward(runtime: str, net: torch.nn.Module, x_B3HW: torch.Tensor, tmp_dir: Path):
+    """A no-argument callable running ``net`` on ``x_B3HW`` in ``runtime`` (exports checked as in evaluate)."""
+    if runtime == "eager":
+        return lambda: net(x_B3HW)
+    if runtime == "torchscript":
+        path = export_torchscript(net, x_B3HW, tmp_dir / "student.ts").path
+        ts = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.load(str(path), map_location=x_B3HW.device)))
+        for _ in range(3):  # the profiling executor specialises the graph over its first calls: not the steady state
+            ts(x_B3HW)
+        return lambda: ts(x_B3HW)
+    import onnxruntime as ort
+
+    path = export_onnx(net.cpu(), x_B3HW.cpu(), tmp_dir / "student.onnx").path
+    net.to(x_B3HW.device)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()  # the same threads as PyTorch: a fair comparison
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {"image": x_B3HW.cpu().numpy()}
+    return lambda: session.run(None, feed)
+
+
 @torch.no_grad()
 def bench_students(specs: list[str], hw: tuple[int, int], batch: int, device: torch.device, args) -> list[Row]:
     rows = []
+    runtimes = [r for r in args.runtimes if device.type == "cpu" or r != "onnxruntime"]  # ORT here is CPU-only
     for spec in specs:
         net = create_student(parse_student(spec).student, hw).to(device).eval()
         x_B3HW = torch.rand(batch, 3, *hw, device=device)
         size = model_size(net)
-        p50, p95, ips, cpu, gmac = time_forward(lambda: net(x_B3HW), batch, args.iters, args.warmup,
-                                                args.max_seconds, device.type == "cuda")
-        rows.append(Row(f"student {spec}", "image", device.type, "fp32", batch, int(size["params"]), size["size_mb"],
-                        p50, p95, ips, cpu, gmac))
-        log.info("%s: %.1f ms per batch of %d (p50), %.1f images/s", spec, p50, batch, ips)
+        gmac = float("nan")
+        for runtime in runtimes:
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    fn = _runtime_forward(runtime, net, x_B3HW, Path(tmp))
+                except Exception as e:  # noqa: BLE001  (an export that fails is a finding of the benchmark)
+                    log.warning("%s in %s: %s", spec, runtime, str(e).splitlines()[0] if str(e) else type(e).__name__)
+                    continue
+                p50, p95, ips, cpu, macs = time_forward(fn, batch, args.iters, args.warmup, args.max_seconds,
+                                                        device.type == "cuda")
+            gmac = macs if runtime == "eager" else gmac  # counted in eager PyTorch only (same network)
+            rows.append(Row(f"student {spec} [{runtime}]", "image", device.type, "fp32", batch, int(size["params"]),
+                            size["size_mb"], p50, p95, ips, cpu, gmac))
+            log.info("%s [%s]: %.1f ms per batch of %d (p50), %.1f images/s", spec, runtime, p50, batch, ips)
         del net
     return rows
+
+
+def bench_localize(source: str, queries: list[str], intrinsics: str, hfov_deg: float) -> dict[str, float]:
+    """End-to-end ``lit3d localize`` per photo (read, resize, student, PnP + RANSAC): p50 / p95 ms, images/s,
+    after one warm-up pass."""
+    import lit3d.localize as loc
+
+    model = loc.load_model(source)
+    paths = loc.expand_queries(queries)
+    loc.localize(model, paths[: model.batch_size], intrinsics or None, hfov_deg)  # warm-up
+    t0 = time.perf_counter()
+    results = loc.localize(model, paths, intrinsics or None, hfov_deg)
+    wall = time.perf_counter() - t0
+    out = {"source": model.source, "runtime": model.runtime, "images": len(results),
+           "localized": sum(r.ok for r in results), **loc.latency_summary(results),
+           "wall_images_per_s": len(results) / wall,
+           "photo_size": "x".join(map(str, results[0].image_size[::-1])) if results else ""}
+    log.info("localize: %(p50_ms).1f ms p50, %(p95_ms).1f ms p95 per image, %(wall_images_per_s).1f images/s", out)
+    return out
 
 
 def bench_teacher(preset: str, overrides: list[str], hw: tuple[int, int], device: torch.device, args) -> Row:
@@ -139,7 +199,7 @@ def bench_data(specs: list[str], data_overrides: list[str], min_seconds: float) 
         opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
 
         def step() -> None:
-            module._loss(batch).backward()
+            module.compute_loss(batch)[0].backward()
             opt.step()
             opt.zero_grad()
 
@@ -188,12 +248,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-data", action="store_true", help="skip the input-pipeline part")
     p.add_argument("--data-seconds", type=float, default=2.0, help="seconds per input-pipeline measurement")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    return p.parse_args(argv)
+    p.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES,
+                   help="how each student runs (ONNX Runtime on CPU only); GMAC are counted in eager")
+    p.add_argument("--localize", nargs="+", default=[], metavar="RUN_OR_MODEL QUERY",
+                   help="end-to-end localize latency: a run directory or exported student, then query images/folders")
+    p.add_argument("--intrinsics", default="", help="--localize: K.txt / per-image list / COLMAP cameras.txt")
+    p.add_argument("--hfov-deg", type=float, default=0.0, help="--localize without --intrinsics: field of view")
+    p.add_argument("--json", default="", metavar="PATH", help="also write the tables as JSON (json=PATH works too)")
+    return p.parse_args([f"--json={a[5:]}" if a.startswith("json=") else a for a in argv])
 
 
 def run(argv: list[str]) -> tuple[list[Row], list[tuple[str, float]]]:
-    """Measure what ``argv`` asks; returns the model rows and the input-pipeline rates."""
-    args = parse_args(argv)
+    """Measure what ``argv`` asks; returns the model rows and the input-pipeline rates (and writes --json)."""
+    return measure(parse_args(argv))[:2]
+
+
+def measure(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, float]], dict]:
+    """Model rows, input-pipeline rates and end-to-end localization latency ({} without --localize)."""
+    if args.localize and len(args.localize) < 2:
+        raise ValueError("--localize needs a run directory (or exported student) and at least one query")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -209,13 +282,26 @@ def run(argv: list[str]) -> tuple[list[Row], list[tuple[str, float]]]:
             r.mac_ratio = teacher.gmac / r.gmac
         rows.append(teacher)
     rates = [] if args.no_data else bench_data(args.students, args.data, args.data_seconds)
-    return rows, rates
+    loc = bench_localize(args.localize[0], args.localize[1:], args.intrinsics, args.hfov_deg) if args.localize else {}
+    if args.json:
+        from lit3d.data.io import atomic_write_bytes
+
+        table = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
+                 "resolution": list(hw), "models": [dataclasses.asdict(r) for r in rows],
+                 "data": [{"stage": n, "images_per_s": v} for n, v in rates], "localize": loc}
+        atomic_write_bytes(args.json, json.dumps(table, indent=1, default=str).encode())
+        log.info("wrote %s", args.json)
+    return rows, rates, loc
 
 
 def main(argv: list[str]) -> None:
-    rows, rates = run(argv)
+    rows, rates, loc = measure(parse_args(argv))
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     print(format_table(rows))
     if rates:
         print()
         print(format_data_table(rates))
+    if loc:
+        print(f"\nlocalize {loc['source']} ({loc['runtime']}), {loc['images']} photos of {loc['photo_size']}: "
+              f"{loc['p50_ms']:.1f} ms p50, {loc['p95_ms']:.1f} ms p95 per image (student + PnP), "
+              f"{loc['wall_images_per_s']:.1f} images/s end to end, {loc['localized']} localized")

@@ -1,4 +1,4 @@
-"""``python -m lit3d.bench teacher``: DUSt3R teacher throughput (pairs/s) and peak memory, random weights.
+"""``python -m lit3d.bench teacher``: DUSt3R / MASt3R teacher throughput (pairs/s) and peak memory, random weights.
 
 Batches are symmetrised ((a, b), (b, a), ...) as when labelling, so each image is encoded once per batch. Peak
 memory is the process's peak RSS on CPU (weights included) and ``torch.cuda.max_memory_allocated`` on GPU.
@@ -16,7 +16,12 @@ from pathlib import Path
 import torch
 
 from lit3d.teachers import TEACHERS, create_teacher
-from lit3d.teachers.dust3r import PRESETS, DUSt3RTeacher
+from lit3d.teachers.dust3r import PRESETS as DUST3R_PRESETS
+from lit3d.teachers.dust3r import DUSt3RTeacher
+from lit3d.teachers.mast3r import PRESETS as MAST3R_PRESETS
+
+PRESETS = {**DUST3R_PRESETS, **MAST3R_PRESETS}
+"""Every released pair model, timed by the teacher of its family (``dust3r`` or ``mast3r``)."""
 
 log = logging.getLogger("lit3d.bench.teacher")
 
@@ -36,6 +41,8 @@ class Row:
     cpu_seconds: float
     """Process CPU time (user + system): a figure that contention on a shared machine inflates less."""
     peak_mb: float
+    params: int = 0
+    """Parameters of the network (MB in the table: fp32 bytes)."""
 
     @property
     def pairs_per_s(self) -> float:
@@ -91,17 +98,19 @@ def run_one(teacher: DUSt3RTeacher, preset: str, hw: tuple[int, int], dtype: str
         torch.cuda.synchronize()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _peak_rss_mb()
-    row = Row(preset, hw, device.type, dtype, batch_size, n_batches * batch_size, seconds, cpu_seconds, peak)
+    row = Row(preset, hw, device.type, dtype, batch_size, n_batches * batch_size, seconds, cpu_seconds, peak,
+              sum(p.numel() for p in teacher.net.parameters()))
     log.info("%s %dx%d %s %s: %.3f pairs/s", preset, hw[0], hw[1], device.type, dtype, row.pairs_per_s)
     return row
 
 
 def format_table(rows: list[Row]) -> str:
-    head = f"{'preset':<40} {'input HxW':>9} {'device':>6} {'dtype':>5} {'batch':>5} {'pairs':>5} " \
-           f"{'pairs/s':>8} {'s/pair':>7} {'cpu-s/pair':>10} {'peak MB':>8}"
+    head = f"{'preset':<48} {'params M':>8} {'MB':>6} {'input HxW':>9} {'device':>6} {'dtype':>5} {'batch':>5} " \
+           f"{'pairs':>5} {'pairs/s':>8} {'s/pair':>7} {'cpu-s/pair':>10} {'peak MB':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.preset:<40} {f'{r.hw[0]}x{r.hw[1]}':>9} {r.device:>6} {r.dtype:>5} {r.batch:>5} "
+        lines.append(f"{r.preset:<48} {r.params / 1e6:>8.1f} {r.params * 4 / 2**20:>6.0f} "
+                     f"{f'{r.hw[0]}x{r.hw[1]}':>9} {r.device:>6} {r.dtype:>5} {r.batch:>5} "
                      f"{r.pairs:>5} {r.pairs_per_s:>8.3f} {r.seconds / r.pairs:>7.2f} {r.cpu_seconds / r.pairs:>10.2f} "
                      f"{r.peak_mb:>8.0f}")
     return "\n".join(lines)
@@ -110,7 +119,9 @@ def format_table(rows: list[Row]) -> str:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m lit3d.bench teacher", description=__doc__.splitlines()[0])
     p.add_argument("--presets", nargs="+", default=["DUSt3R_ViTLarge_BaseDecoder_512_dpt",
-                                                    "DUSt3R_ViTLarge_BaseDecoder_224_linear"], choices=list(PRESETS),
+                                                    "DUSt3R_ViTLarge_BaseDecoder_224_linear",
+                                                    "MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric"],
+                   choices=list(PRESETS),
                    metavar="PRESET", help=f"released models to time: {', '.join(PRESETS)}")
     p.add_argument("--resolution", nargs="+", default=["native"], choices=["native", "224", "512"],
                    help="network input: the preset's own (native), 224 (224x224) or 512 (384x512)")
@@ -142,7 +153,8 @@ def main(argv: list[str]) -> None:
     rows: list[Row] = []
     for name in args.presets:
         log.info("building %s with random weights", name)
-        teacher = create_teacher(TEACHERS.config("dust3r", preset=name, random_init=True, batch_size=batch_size))
+        family = PRESETS[name].family.lower()
+        teacher = create_teacher(TEACHERS.config(family, preset=name, random_init=True, batch_size=batch_size))
         teacher.to(device)
         resolutions = [PRESETS[name].resolution if r == "native" else int(r) for r in args.resolution]
         for res in dict.fromkeys(resolutions):

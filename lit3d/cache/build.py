@@ -121,7 +121,8 @@ def cache_for(cfg, scene: Scene | None = None, teacher: Teacher | None = None):
     if teacher.needs_poses and not scene.has_poses:
         raise ValueError(f"teacher={cfg.teacher.name} needs camera poses and scene {scene.name} has none")
     transform = teacher.frame_transform(*scene.image_size)
-    edges = make_pairs(scene, cfg.pairs)
+    # a teacher that gives world labels itself has no pairs (and its manifest says so)
+    edges = np.zeros((0, 2), int) if teacher.gives_world_labels else make_pairs(scene, cfg.pairs)
     labelled = [i for s in cfg.pairs.splits for i in scene.split[s]]
     manifest = {
         "scene": {"name": scene.name, "fingerprint": scene.fingerprint(), "metric": scene.metric,
@@ -205,12 +206,17 @@ def _aligned(cfg, cache: LabelCache, scene: Scene, teacher: Teacher, edges_E2: n
         except Exception as e:
             log.warning("stored alignment %s is unreadable (%s): aligning again", path, e)
             path.unlink(missing_ok=True)
-    stored_edges, pred = cache.load_pairs(n_shards)
-    if not np.array_equal(stored_edges, edges_E2):
-        raise CacheError(f"teacher shards of {cache.root} do not match the scene graph; delete {cache.root / 'pairs'}")
-    result = align_predictions(cfg.align, edges_E2, pred, len(scene), scene.K_N33, scene.cam2world_N44,
-                               metric=teacher.metric and scene.metric)
-    del pred
+    if teacher.gives_world_labels:
+        result = teacher.world_labels(scene, cache.frames, teacher.frame_transform(*scene.image_size),
+                                      cfg.align.min_conf)
+    else:
+        stored_edges, pred = cache.load_pairs(n_shards)
+        if not np.array_equal(stored_edges, edges_E2):
+            raise CacheError(f"teacher shards of {cache.root} do not match the scene graph; "
+                             f"delete {cache.root / 'pairs'}")
+        result = align_predictions(cfg.align, edges_E2, pred, len(scene), scene.K_N33, scene.cam2world_N44,
+                                   metric=teacher.metric and scene.metric)
+        del pred
     name_to_idx = {n: i for i, n in enumerate(scene.frame_names)}
     idx = [name_to_idx[n] for n in cache.frames]
     info = {"frame": result.frame, "unit": result.unit, "residual": float(result.residual),

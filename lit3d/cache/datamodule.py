@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from lit3d.cache.augment import sample_warp, warp_view
 from lit3d.cache.store import LabelCache
 from lit3d.geometry import pixel_grid, project, scale_intrinsics, transform_points
 
@@ -93,6 +94,16 @@ def _label_depths(frame: dict[str, np.ndarray]) -> np.ndarray | None:
     return pts_HW3 @ world2cam_44[2, :3].astype(pts_HW3.dtype) + float(world2cam_44[2, 3])
 
 
+def check_poses_describe_labels(cache: LabelCache, names: list[str], samples: int = 8) -> None:
+    """Raise ValueError unless the cached poses of (a sample of) ``names`` reproject their labels: what a
+    pose-based loss (``loss.name=reprojection``) needs. Labels aligned to the first camera (DUSt3R without dataset
+    poses) keep the dataset's pose, which does not describe them."""
+    for name in names[:: max(len(names) // samples, 1)][:samples]:
+        if _label_depths(cache.load_frame(name)) is None:
+            raise ValueError(f"loss.name=reprojection needs camera poses that describe the labels; frame {name} of "
+                             f"{cache.root} has none (e.g. labels aligned to the first camera): use loss.name=mse")
+
+
 def resize_frame(frame: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, np.ndarray]:
     """Resize one cached frame to ``size`` (h, w) so that image, labels and the returned ``K`` agree exactly.
 
@@ -127,11 +138,16 @@ def resize_frame(frame: dict[str, np.ndarray], size: tuple[int, int]) -> dict[st
 
 class CachedFrames(Dataset):
     """Frames of one split as tensors: ``image`` (3, h, w) in [0, 1], ``pts_world`` (3, h, w) in the cache's
-    world frame and unit, ``conf`` / ``valid`` / ``depth`` (h, w), ``K`` (3, 3), ``cam2world`` (4, 4)."""
+    world frame and unit, ``conf`` / ``valid`` / ``depth`` (h, w), ``inside`` (h, w: the pixel shows the scene, False
+    on augmentation padding), ``K`` (3, 3), ``cam2world`` (4, 4), both of the (augmented) view.
+
+    ``geometric`` is ``(rotation_deg, (scale_min, scale_max), shift)`` for random in-plane rotation, scale and shift
+    of every item (see :mod:`lit3d.cache.augment`), or None.
+    """
 
     def __init__(self, cache: LabelCache, names: list[str], size: tuple[int, int], color_jitter: float = 0.0,
-                 preload: bool = True):
-        self.cache, self.names, self.size = cache, list(names), tuple(size)
+                 preload: bool = True, geometric: tuple[float, tuple[float, float], float] | None = None):
+        self.cache, self.names, self.size, self.geometric = cache, list(names), tuple(size), geometric
         self.jitter = None
         if color_jitter > 0:
             from torchvision.transforms import v2
@@ -158,13 +174,33 @@ class CachedFrames(Dataset):
         return len(self.names)
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        return self.item(k)
+
+    def item(self, k: int, geometric: bool = True) -> dict[str, torch.Tensor]:
+        """Item ``k``; ``geometric=False`` skips the geometric augmentation (photometric still applies)."""
         item = dict(self.frames[k] if self.frames is not None else self._read(self.names[k]))
         image = item["image"].float() / 255
         if self.jitter is not None:
             image = self.jitter(image)
         item["image"] = image
+        item["inside"] = torch.ones(self.size, dtype=torch.bool)
+        if geometric and self.geometric is not None:
+            rotation_deg, scale_range, shift = self.geometric
+            item = warp_view(item, sample_warp(rotation_deg, scale_range, shift, self.size))
         item["index"] = torch.tensor(k)
         return item
+
+
+def geometric_augmentation(loader_cfg) -> tuple[float, tuple[float, float], float] | None:
+    """``CachedFrames``' ``geometric`` argument from the ``loader.*`` keys (None when ``loader.geometric`` is off)."""
+    c = loader_cfg
+    if not c.geometric:
+        return None
+    lo, hi = (float(v) for v in c.scale_range) if len(c.scale_range) == 2 else (0.0, -1.0)
+    if not (0 < lo <= hi) or c.rotation_deg < 0 or not 0 <= c.shift < 1:
+        raise ValueError(f"loader.geometric: need rotation_deg >= 0, scale_range [min, max] with 0 < min <= max and "
+                         f"0 <= shift < 1; got {c.rotation_deg}, {list(c.scale_range)}, {c.shift}")
+    return c.rotation_deg, (lo, hi), c.shift
 
 
 class PointmapDataModule(L.LightningDataModule):
@@ -179,9 +215,11 @@ class PointmapDataModule(L.LightningDataModule):
         if self.datasets:
             return
         size = tuple(self.cfg.resolution)
+        c, geometric = self.cfg, geometric_augmentation(self.cfg)
         for split, names in self.cache.split.items():
-            jitter = self.cfg.color_jitter if split == "train" else 0.0
-            self.datasets[split] = CachedFrames(self.cache, names, size, jitter, self.preload)
+            train = split == "train"
+            self.datasets[split] = CachedFrames(self.cache, names, size, c.color_jitter if train else 0.0,
+                                                self.preload, geometric if train else None)
         if not len(self.datasets.get("train", [])):
             raise ValueError(f"label cache {self.cache.root} has no training frames")
 
@@ -189,7 +227,10 @@ class PointmapDataModule(L.LightningDataModule):
         """Mean and std (3,) of valid training world points, and the mean point (the trivial baseline)."""
         self.setup()
         ds = self.datasets["train"]
-        pts = torch.cat([ds[k]["pts_world"].permute(1, 2, 0)[ds[k]["valid"]] for k in range(len(ds))])
+        # two reads per frame, as before augmentation existed: the photometric jitter draws from the global RNG
+        # before the weights are initialised, so this keeps earlier configurations' runs bit for bit
+        pts = torch.cat([ds.item(k, False)["pts_world"].permute(1, 2, 0)[ds.item(k, False)["valid"]]
+                         for k in range(len(ds))])
         return {"mean": pts.mean(0), "std": pts.std(0).clamp_min(1e-6)}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

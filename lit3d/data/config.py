@@ -17,14 +17,25 @@ class DataConfig:
     max_frames: int = 0
     """Keep the first N frames after striding (0 = all); with an official split (7-Scenes, 12Scenes) this can
     leave a split empty."""
+    split: str = "auto"
+    """Test split: interleaved (every ``test_every``-th frame), block (the contiguous ``test_block``), frames (the
+    names in ``test_frames``), path (synthetic: ``test_path_frames`` frames rendered along a second camera path),
+    official (7-Scenes, 12Scenes). auto = official where the format has one, else frames if ``test_frames`` is set,
+    else block if ``test_block`` is set, else path for synthetic, else interleaved."""
     test_every: int = 8
-    """Hold out every N-th frame for test where the dataset has no official split (0 = no test frames)."""
-    val_every: int = 8
-    """Of the remaining frames, hold out every N-th for validation (0 = no validation frames)."""
+    """split=interleaved: hold out every N-th frame for test (0 = no test frames)."""
+    test_block: list[str] = field(default_factory=list)
+    """split=block: a contiguous held-out block, two frame names [first, last] (inclusive) or two fractions
+    [start, end) of the frames kept after ``stride`` / ``max_frames``, e.g. [0.875, 1.0]."""
     test_frames: list[str] = field(default_factory=list)
-    """Explicit test frame names; overrides ``test_every`` where the dataset has no official split."""
+    """split=frames: explicit test frame names (each must be a frame of the scene)."""
+    val_every: int = 8
+    """Of the frames that are not test, hold out every N-th for validation (0 = no validation frames)."""
     num_frames: int = 200
-    """synthetic: number of rendered frames along the camera path."""
+    """synthetic: number of rendered frames along the (training) camera path."""
+    test_path_frames: int = 25
+    """synthetic, split=path: test frames rendered along a second camera path (other heights, headings and
+    distances, at least 0.25 m from every training camera), named ``test-XXXXXX``."""
     seed: int = 0
     """synthetic: seed of the room layout, textures and camera path."""
     intrinsics: str = ""

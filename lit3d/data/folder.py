@@ -8,9 +8,9 @@ Layout of ``data.root``::
                                  registered to the colour image (optional: all frames or none)
     frame-XXXXXX.pose.txt        4x4 camera-to-world, metres (optional: all frames or none)
 
-No official split: every ``data.test_every``-th frame is test (or the frames named in ``data.test_frames``),
-every ``data.val_every``-th of the rest is val. The helpers here (``subsample``, ``heldout_split``,
-``official_split``, ``lazy_rgb``, ``lazy_depth``) are shared by the other real-data loaders.
+No official split: ``data.split`` picks interleaved (every ``data.test_every``-th frame), a contiguous block
+(``data.test_block``) or named frames (``data.test_frames``); see :mod:`lit3d.data.splits`. The helpers here
+(``subsample``, ``lazy_rgb``, ``lazy_depth``) are shared by the other real-data loaders.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from lit3d.data import FORMATS
 from lit3d.data.config import DataConfig
 from lit3d.data.io import (image_size, list_frame_files, read_depth_png, read_intrinsics, read_poses, read_rgb,
                            resample_depth, resize_rgb)
-from lit3d.data.scene import Scene, SceneError, split_every
+from lit3d.data.scene import Scene, SceneError
+from lit3d.data.splits import make_split, split_mode
 from lit3d.geometry import scale_intrinsics
 
 log = logging.getLogger(__name__)
@@ -36,26 +37,6 @@ def subsample(n: int, cfg: DataConfig) -> np.ndarray:
         raise SceneError(f"data.stride must be >= 1, got {cfg.stride}")
     keep = np.arange(n)[:: cfg.stride]
     return keep[: cfg.max_frames] if cfg.max_frames > 0 else keep
-
-
-def heldout_split(names: list[str], cfg: DataConfig) -> dict[str, np.ndarray]:
-    """Split without an official protocol: ``data.test_frames`` if given, else every ``test_every``-th frame."""
-    n = len(names)
-    if not cfg.test_frames:
-        return split_every(n, cfg.test_every, cfg.val_every)
-    unknown = sorted(set(cfg.test_frames) - set(names))
-    if unknown:
-        log.warning("data.test_frames: %d names are not frames of this scene (e.g. %s): ignored", len(unknown),
-                    unknown[0])
-    test = np.array(sorted(names.index(t) for t in set(cfg.test_frames) & set(names)), dtype=int)
-    return official_split(n, test, cfg.val_every)
-
-
-def official_split(n: int, test_N: np.ndarray, val_every: int) -> dict[str, np.ndarray]:
-    """Given test frames, every ``val_every``-th remaining frame (skipping the first) is val, the rest train."""
-    rest = np.setdiff1d(np.arange(n), test_N)
-    val = rest[::val_every][1:] if val_every > 0 else rest[:0]
-    return {"train": np.setdiff1d(rest, val), "val": val, "test": np.asarray(test_N, dtype=int)}
 
 
 def lazy_rgb(paths: list[Path], native_size: tuple[int, int] | None,
@@ -99,6 +80,7 @@ def load_folder(cfg: DataConfig, cache_dir: Path) -> Scene:
     root = Path(cfg.root).expanduser()
     if not cfg.root or not root.is_dir():
         raise SceneError(f"data.root: folder {cfg.root!r} not found (data.format=folder needs a frame folder)")
+    mode = split_mode(cfg, "folder")
     frames = list_frame_files(root)
     frames = {name: files for name, files in frames.items() if "color.jpg" in files or "color.png" in files}
     if not frames:
@@ -122,7 +104,7 @@ def load_folder(cfg: DataConfig, cache_dir: Path) -> Scene:
         K_N33=np.repeat(K_33[None], len(names), 0), cam2world_N44=poses,
         read_image=lazy_rgb(color, native, (H, W)),
         read_depth=lazy_depth(depth, native, K_native, K_33, (H, W), cfg.depth_scale) if has_depth else None,
-        split=heldout_split(names, cfg), metric=has_depth or has_poses,
+        split=make_split(names, cfg, mode), metric=has_depth or has_poses,
         source={"format": "folder", "root": str(root.resolve()), "stride": cfg.stride, "max_frames": cfg.max_frames,
                 "depth_scale": cfg.depth_scale, "intrinsics": cfg.intrinsics},
     )

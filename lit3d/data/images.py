@@ -5,7 +5,7 @@ image files sorted by name (frame name = file stem), EXIF orientation applied (p
 ``data.resolution``. Intrinsics: a given ``data.intrinsics`` file (3x3, pixels, at the images' native size; all
 images from that one camera), else a pinhole with the principal point at the image centre and the focal length
 giving a horizontal field of view of ``data.hfov_deg`` (default 60 deg) at each image's native size. Split as
-``folder``: ``data.test_every`` or ``data.test_frames``.
+``folder`` (``data.split``: interleaved, block or frames).
 """
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ import numpy as np
 
 from lit3d.data import FORMATS
 from lit3d.data.config import DataConfig
-from lit3d.data.folder import heldout_split, subsample
+from lit3d.data.folder import subsample
 from lit3d.data.io import image_size, read_intrinsics, read_rgb, resize_rgb
 from lit3d.data.scene import Scene, SceneError
+from lit3d.data.splits import make_split, split_mode
 from lit3d.geometry import scale_intrinsics
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def load_images(cfg: DataConfig, cache_dir: Path) -> Scene:
     root = Path(cfg.root).expanduser()
     if not cfg.root or not root.is_dir():
         raise SceneError(f"data.root: folder {cfg.root!r} not found (data.format=images needs an image folder)")
+    mode = split_mode(cfg, "images")
     with os.scandir(root) as entries:
         files = sorted(e.name for e in entries if e.name.lower().endswith(EXTENSIONS) and not e.name.startswith("."))
     if not files:
@@ -60,7 +62,7 @@ def load_images(cfg: DataConfig, cache_dir: Path) -> Scene:
     return Scene(
         name=f"images/{root.resolve().name}", frame_names=names, image_size=(H, W), K_N33=K_N33,
         read_image=lambda i: resize_rgb(read_rgb(paths[i], exif_transpose=True), (H, W)),
-        split=heldout_split(names, cfg), cam2world_N44=None, read_depth=None, metric=False,
+        split=make_split(names, cfg, mode), cam2world_N44=None, read_depth=None, metric=False,
         source={"format": "images", "root": str(root.resolve()), "stride": cfg.stride, "max_frames": cfg.max_frames,
                 "hfov_deg": cfg.hfov_deg, "intrinsics": cfg.intrinsics},
     )

@@ -11,8 +11,9 @@ There is no calibration file. The documented cameras share the principal point (
 f = 585 px, the colour camera f ~ 525 px (``data.intrinsics`` overrides the colour K). Frames are delivered in the
 colour camera: depth is registered to it by re-sampling through the two intrinsics (nearest neighbour), ignoring
 the few-centimetre baseline between the sensors, as common pipelines do; colour pixels outside the depth camera's
-narrower view get depth 0. Poses are used as given. Split: frames of the test sequences are test, every
-``data.val_every``-th frame of the others is val. Frame names are ``seq-XX_frame-XXXXXX``.
+narrower view get depth 0. Poses are used as given. Split (``data.split=auto`` or ``official``): frames of the test
+sequences are test, every ``data.val_every``-th frame of the others is val; interleaved, block and frames work
+on the frame list too. Frame names are ``seq-XX_frame-XXXXXX``.
 """
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ import numpy as np
 
 from lit3d.data import FORMATS
 from lit3d.data.config import DataConfig
-from lit3d.data.folder import lazy_depth, lazy_rgb, official_split, subsample
+from lit3d.data.folder import lazy_depth, lazy_rgb, subsample
 from lit3d.data.io import list_frame_files, read_intrinsics, read_poses
 from lit3d.data.scene import Scene, SceneError
+from lit3d.data.splits import make_split, split_mode
 from lit3d.geometry import scale_intrinsics
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ def load_sevenscenes(cfg: DataConfig, cache_dir: Path) -> Scene:
     root = Path(cfg.root).expanduser()
     if not cfg.root or not root.is_dir():
         raise SceneError(f"data.root: folder {cfg.root!r} not found (data.format=sevenscenes needs a scene folder)")
+    mode = split_mode(cfg, "sevenscenes", official=True)
     train_seqs, test_seqs = read_split_file(root / "TrainSplit.txt"), read_split_file(root / "TestSplit.txt")
     if set(train_seqs) & set(test_seqs):
         raise SceneError(f"{root / 'TestSplit.txt'}: sequences {sorted(set(train_seqs) & set(test_seqs))} are "
@@ -90,7 +93,7 @@ def load_sevenscenes(cfg: DataConfig, cache_dir: Path) -> Scene:
         read_image=lazy_rgb([Path(f"{f}.color.png") for f in files], NATIVE_SIZE, (H, W)),
         read_depth=lazy_depth([Path(f"{f}.depth.png") for f in files], NATIVE_SIZE, K_DEPTH_33, K_33, (H, W),
                               scale=1000.0, invalid=(0, 65535)),
-        split=official_split(len(names), test, cfg.val_every), metric=True,
+        split=make_split(names, cfg, mode, test), metric=True,
         source={"format": "sevenscenes", "root": str(root.resolve()), "stride": cfg.stride,
                 "max_frames": cfg.max_frames, "intrinsics": cfg.intrinsics},
     )

@@ -3,7 +3,8 @@
 A room (textured walls, floor, ceiling) with boxes and spheres, rendered by vectorised ray casting on the CPU.
 Texture is a function of the 3D surface point (a per-surface Fourier noise over world coordinates, times a
 per-surface base colour, times view-independent Lambertian shading), so every view of a surface point agrees
-in colour, as in a real static scene. The camera circles the room looking across it, so frames overlap.
+in colour, as in a real static scene. The camera circles the room looking across it, so frames overlap; with
+``data.split=path`` (the default) the test cameras follow a second path (other heights, headings and distances).
 Everything is deterministic in ``seed``; renders are cached under ``cache_dir/scenes``.
 
 World frame: metres, z up, the room spans [0, 6] x [0, 5] x [0, 2.8].
@@ -20,13 +21,19 @@ import numpy as np
 
 from lit3d.data import FORMATS
 from lit3d.data.config import DataConfig
+from lit3d.data.folder import subsample
 from lit3d.data.io import atomic_save_npz
-from lit3d.data.scene import Scene, SceneError, split_every
+from lit3d.data.scene import Scene, SceneError
+from lit3d.data.splits import make_split, split_mode
 from lit3d.geometry import look_at
 
 log = logging.getLogger(__name__)
 
 RENDERER_VERSION = 2
+TEST_PATH_VERSION = 1
+"""Version of :func:`_test_path` (part of the test-path render cache key)."""
+MIN_TEST_PATH_DISTANCE = 0.25
+"""Metres: every test-path camera is at least this far from every training-path camera centre."""
 ROOM_MAX = np.array([6.0, 5.0, 2.8])
 HFOV_DEG = 70.0
 LIGHT = np.array([3.0, 2.5, 2.6])
@@ -177,42 +184,114 @@ def synthetic_intrinsics(height: int, width: int) -> np.ndarray:
     return np.array([[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1]])
 
 
-@FORMATS.register("synthetic", DataConfig)
-def load_synthetic(cfg: DataConfig, cache_dir: Path) -> Scene:
-    """Render (or read back from ``cache_dir/scenes``) the synthetic scene of ``cfg``."""
-    if cfg.num_frames < 1:
-        raise SceneError(f"synthetic scene has no frames (data.num_frames={cfg.num_frames})")
-    H, W = cfg.resolution
-    key = {"version": RENDERER_VERSION, "seed": cfg.seed, "num_frames": cfg.num_frames, "resolution": [H, W]}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    path = Path(cache_dir) / "scenes" / f"synthetic-{digest}.npz"
-    K = synthetic_intrinsics(H, W)
+def _clearance(eye_3: np.ndarray, prims: list[Primitive]) -> float:
+    """Distance (m) from a point inside the room to the nearest wall, floor, ceiling or object surface."""
+    d = min(float(eye_3.min()), float((ROOM_MAX - eye_3).min()))
+    for prim in prims:
+        if prim.kind == "box":
+            d = min(d, float(np.linalg.norm(np.maximum(np.maximum(prim.lo - eye_3, eye_3 - prim.hi), 0))))
+        else:
+            d = min(d, float(np.linalg.norm(eye_3 - prim.lo) - prim.hi[0]))
+    return d
+
+
+def _test_path(n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, 4, 4) test cameras on a second path that the training path (:func:`_camera_path`) never visits.
+
+    Frames alternate between a high outer ring (radii 1.95 x 1.45 m, ~1.9 m up, pitched 12-20 deg down, headings
+    swinging +-0.9 rad around the room centre) and a low inner ring (0.8 x 0.6 m, ~1.05 m up, pitched 3-9 deg up,
+    looking out at the walls); the training ring is 1.5 x 1.1 m at 1.3-1.6 m, looking across the room. Both look
+    at surfaces the training frames see (the room is closed). Roll-free (image x horizontal).
+    """
+    phase = rng.uniform(0, 2 * np.pi)
+    poses = []
+    for k in range(n):
+        a = phase + 2 * np.pi * k / n
+        if k % 2 == 0:  # high, outside the training ring, looking down across the room
+            eye = np.array([3.0 + 1.95 * np.cos(a), 2.5 + 1.45 * np.sin(a), 1.9 + 0.08 * np.sin(2 * a)])
+            heading, pitch = a + np.pi + 0.9 * np.sin(3 * a + 0.5), -(0.28 + 0.07 * np.sin(a))
+        else:  # low, inside the training ring, looking out at the nearer walls
+            eye = np.array([3.0 + 0.8 * np.cos(a), 2.5 + 0.6 * np.sin(a), 1.05 + 0.08 * np.sin(2 * a)])
+            heading, pitch = a + 0.5 * np.sin(2 * a), 0.1 + 0.05 * np.cos(a)
+        forward = np.array([np.cos(pitch) * np.cos(heading), np.cos(pitch) * np.sin(heading), np.sin(pitch)])
+        poses.append(look_at(eye, eye + forward))
+    return np.stack(poses)
+
+
+def _cached_render(path: Path, make_poses, K_33: np.ndarray, size: tuple[int, int], seed: int, what: str):
+    """Images, depths and poses of ``path``, rendered (and saved atomically) when missing or unreadable."""
     if path.is_file():
         try:
             with np.load(path) as f:
-                images, depths, poses = f["images"], f["depths"], f["poses"]
+                return f["images"], f["depths"], f["poses"]
         except Exception as e:  # a corrupt render cache is rebuilt, never trusted
             log.warning("synthetic render cache %s is unreadable (%s): re-rendering", path, e)
             path.unlink()
-    if not path.is_file():
-        poses = _camera_path(cfg.num_frames, np.random.default_rng(cfg.seed + 1))
-        log.info("rendering %d synthetic frames at %dx%d", cfg.num_frames, W, H)
-        images, depths = render(poses, K, (H, W), cfg.seed)
-        atomic_save_npz(path, images=images, depths=depths, poses=poses)
-    keep = np.arange(cfg.num_frames)[:: cfg.stride]
-    if cfg.max_frames:
-        keep = keep[: cfg.max_frames]
+    poses = make_poses()
+    log.info("rendering %d synthetic %s at %dx%d", len(poses), what, size[1], size[0])
+    images, depths = render(poses, K_33, size, seed)
+    atomic_save_npz(path, images=images, depths=depths, poses=poses)
+    return images, depths, poses
+
+
+def _digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@FORMATS.register("synthetic", DataConfig)
+def load_synthetic(cfg: DataConfig, cache_dir: Path) -> Scene:
+    """Render (or read back from ``cache_dir/scenes``) the synthetic scene of ``cfg``.
+
+    ``num_frames`` frames along the training path (``frame-XXXXXX``, subsampled by ``stride`` / ``max_frames``);
+    with ``split=path`` (the default through ``auto``) also ``test_path_frames`` test frames along
+    :func:`_test_path` (``test-XXXXXX``), each at least ``MIN_TEST_PATH_DISTANCE`` from every training camera.
+    """
+    if cfg.num_frames < 1:
+        raise SceneError(f"synthetic scene has no frames (data.num_frames={cfg.num_frames})")
+    mode = split_mode(cfg, "synthetic", path=True)
+    H, W = cfg.resolution
+    key = {"version": RENDERER_VERSION, "seed": cfg.seed, "num_frames": cfg.num_frames, "resolution": [H, W]}
+    K = synthetic_intrinsics(H, W)
+    scenes = Path(cache_dir) / "scenes"
+    train_path = lambda: _camera_path(cfg.num_frames, np.random.default_rng(cfg.seed + 1))  # noqa: E731
+    images, depths, poses = _cached_render(scenes / f"synthetic-{_digest(key)}.npz", train_path, K, (H, W), cfg.seed,
+                                           "frames")
+    keep = subsample(cfg.num_frames, cfg)
     names = [f"frame-{k:06d}" for k in keep]
-    split = split_every(len(keep), cfg.test_every, cfg.val_every)
-    if cfg.test_frames:
-        test = np.array([names.index(n) for n in cfg.test_frames if n in names], dtype=int)
-        split = split_every(len(keep), 0, cfg.val_every)
-        split = {"test": test, "val": np.setdiff1d(split["val"], test),
-                 "train": np.setdiff1d(np.arange(len(keep)), np.union1d(test, split["val"]))}
-    images, depths = images[keep], depths[keep]
+    images, depths, poses = images[keep], depths[keep], poses[keep]
+    source = {"format": "synthetic", **key, "stride": cfg.stride, "max_frames": cfg.max_frames}
+    test = None
+    if mode == "path":
+        if cfg.test_path_frames < 1:
+            raise SceneError(f"data.test_path_frames must be >= 1 with data.split=path, got {cfg.test_path_frames}")
+        tkey = {"version": RENDERER_VERSION, "test_path_version": TEST_PATH_VERSION, "seed": cfg.seed,
+                "test_path_frames": cfg.test_path_frames, "resolution": [H, W]}
+        t_images, t_depths, t_poses = _cached_render(
+            scenes / f"synthetic-test-{_digest(tkey)}.npz",
+            lambda: _test_path(cfg.test_path_frames, np.random.default_rng(cfg.seed + 2)), K, (H, W), cfg.seed,
+            "test-path frames")
+        check_test_path(t_poses, train_path(), cfg.seed)
+        test = np.arange(len(names), len(names) + len(t_poses))
+        names += [f"test-{k:06d}" for k in range(len(t_poses))]
+        images, depths = np.concatenate([images, t_images]), np.concatenate([depths, t_depths])
+        poses = np.concatenate([poses, t_poses])
+        source.update(split="path", test_path=tkey)
     return Scene(
         name=f"synthetic-seed{cfg.seed}", frame_names=names, image_size=(H, W),
-        K_N33=np.repeat(K[None], len(keep), 0), cam2world_N44=poses[keep],
-        read_image=lambda i: images[i], read_depth=lambda i: depths[i], split=split, metric=True,
-        source={"format": "synthetic", **key, "stride": cfg.stride, "max_frames": cfg.max_frames},
+        K_N33=np.repeat(K[None], len(names), 0), cam2world_N44=poses,
+        read_image=lambda i: images[i], read_depth=lambda i: depths[i], split=make_split(names, cfg, mode, test),
+        metric=True, source=source,
     )
+
+
+def check_test_path(test_N44: np.ndarray, train_M44: np.ndarray, seed: int, clearance: float = 0.2) -> None:
+    """Raise unless every test camera is >= ``MIN_TEST_PATH_DISTANCE`` from every training camera and at least
+    ``clearance`` metres from every surface of the room (layout of ``seed``)."""
+    dist_NM = np.linalg.norm(test_N44[:, None, :3, 3] - train_M44[None, :, :3, 3], axis=-1)
+    if dist_NM.min() < MIN_TEST_PATH_DISTANCE:
+        raise SceneError(f"synthetic test path: a test camera is {dist_NM.min():.3f} m from a training camera "
+                         f"(< MIN_TEST_PATH_DISTANCE = {MIN_TEST_PATH_DISTANCE} m)")
+    prims = _layout(np.random.default_rng(seed))
+    worst = min(_clearance(T[:3, 3], prims) for T in test_N44)
+    if worst < clearance:
+        raise SceneError(f"synthetic test path: a test camera is {worst:.3f} m from a surface (< {clearance} m)")

@@ -24,9 +24,10 @@ import numpy as np
 
 from lit3d.data import FORMATS
 from lit3d.data.config import DataConfig
-from lit3d.data.folder import lazy_depth, lazy_rgb, official_split, subsample
+from lit3d.data.folder import lazy_depth, lazy_rgb, subsample
 from lit3d.data.io import CorruptPoseError, list_frame_files, read_pose, rigid_error
 from lit3d.data.scene import Scene, SceneError
+from lit3d.data.splits import make_split, split_mode
 from lit3d.geometry import scale_intrinsics
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def load_twelvescenes(cfg: DataConfig, cache_dir: Path) -> Scene:
     root = Path(cfg.root).expanduser()
     if not cfg.root or not root.is_dir():
         raise SceneError(f"data.root: folder {cfg.root!r} not found (data.format=twelvescenes needs a room folder)")
+    mode = split_mode(cfg, "twelvescenes", official=True)
     info_path = root / "info.txt"
     info = read_info(info_path)
     n_test = read_test_count(root / "split.txt")
@@ -137,7 +139,7 @@ def load_twelvescenes(cfg: DataConfig, cache_dir: Path) -> Scene:
         read_image=lazy_rgb([Path(f"{s}.color.jpg") for s in stems], color_size, (H, W)),
         read_depth=lazy_depth([Path(f"{s}.depth.png") for s in stems], depth_size, K_depth, K_33, (H, W),
                               scale=shift),
-        split=official_split(len(names), test, cfg.val_every), metric=True,
+        split=make_split(names, cfg, mode, test), metric=True,
         source={"format": "twelvescenes", "root": str(root.resolve()), "stride": cfg.stride,
                 "max_frames": cfg.max_frames, "skipped_corrupt_poses": len(corrupt)},
     )

@@ -1,5 +1,7 @@
 """Exports: coloured point clouds as PLY (``ply``) and students as TorchScript / ONNX, verified (``model``)."""
-from lit3d.export.model import ExportResult, ExportError, export_onnx, export_torchscript
+from lit3d.export.model import (ExportError, ExportResult, WorldPointmap, export_onnx, export_student,
+                                export_torchscript, read_metadata, student_metadata)
 from lit3d.export.ply import read_ply, write_ply
 
-__all__ = ["ExportError", "ExportResult", "export_onnx", "export_torchscript", "read_ply", "write_ply"]
+__all__ = ["ExportError", "ExportResult", "WorldPointmap", "export_onnx", "export_student", "export_torchscript",
+           "read_metadata", "read_ply", "student_metadata", "write_ply"]

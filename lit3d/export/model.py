@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import logging
 import os
 import warnings
@@ -17,7 +18,13 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from lit3d.files import atomic_output
+
 log = logging.getLogger(__name__)
+
+
+METADATA_FILE = "lit3d.json"
+"""Name of the metadata inside a TorchScript file (``_extra_files``)."""
 
 
 class ExportError(RuntimeError):
@@ -74,29 +81,28 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         model.train(was_training)
 
 
-def _tmp_for(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _check(fmt: str, path: Path, diff: float, atol: float) -> ExportResult:
+def _check(fmt: str, tmp: Path, path: Path, diff: float, atol: float) -> ExportResult:
+    """The result of the export written to ``tmp`` (becoming ``path``), or ExportError beyond ``atol``."""
     if not np.isfinite(diff) or diff > atol:
         raise ExportError(f"{fmt} export {path}: max |exported - PyTorch| = {diff:.3g} exceeds atol {atol:g}")
-    size_mb = path.stat().st_size / 2**20
+    size_mb = tmp.stat().st_size / 2**20
     log.info("exported %s to %s (%.2f MB, max abs diff %.2e)", fmt, path, size_mb, diff)
     return ExportResult(path, fmt, size_mb, diff, atol)
 
 
 def export_torchscript(
-    model: torch.nn.Module, example_B3HW: torch.Tensor, path: str | os.PathLike, atol: float = 1e-4
+    model: torch.nn.Module, example_B3HW: torch.Tensor, path: str | os.PathLike, atol: float = 1e-4,
+    metadata: dict[str, str] | None = None,
 ) -> ExportResult:
     """Trace ``model`` on ``example_B3HW`` to a TorchScript file, reload it and compare outputs on the example.
+
+    ``metadata`` is stored as the extra file ``lit3d.json`` (read it back with :func:`read_metadata`).
 
     Raises :class:`ExportError` if the reloaded module's output differs by more than ``atol`` (output units).
     """
     path = Path(path)
-    tmp = _tmp_for(path)
-    try:
+    extra = {METADATA_FILE: json.dumps(metadata)} if metadata else {}
+    with atomic_output(path) as tmp:
         with _eval_mode(model), _quiet_deprecations():
             ref = _outputs(model(example_B3HW))
             try:
@@ -104,14 +110,10 @@ def export_torchscript(
             except Exception as e:  # untraceable forward (e.g. non-tensor outputs): name the model
                 msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise ExportError(f"TorchScript trace of {type(model).__name__} failed: {msg}") from e
-            torch.jit.save(traced, str(tmp))
+            torch.jit.save(traced, str(tmp), _extra_files=extra)
             loaded = torch.jit.load(str(tmp), map_location=example_B3HW.device)
             diff = _max_diff(ref, _outputs(loaded(example_B3HW)), "TorchScript")
-        result = _check("torchscript", tmp, diff, atol)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    result.path = path
+        result = _check("torchscript", tmp, path, diff, atol)
     return result
 
 
@@ -144,8 +146,11 @@ def export_onnx(
     path: str | os.PathLike,
     atol: float = 1e-4,
     opset: int = 17,
+    metadata: dict[str, str] | None = None,
 ) -> ExportResult:
     """Export ``model`` to ONNX with a dynamic batch axis and check it with onnxruntime (CPU).
+
+    ``metadata`` (string values) goes into the model's ``metadata_props``, which any ONNX runtime can read.
 
     Checked on the example and on a batch one larger (the example plus its first image again), so a batch size
     baked into the graph is caught. Raises :class:`ExportError` beyond ``atol``; ImportError (one line) without
@@ -157,22 +162,95 @@ def export_onnx(
     except ImportError as e:
         raise ImportError(f"ONNX export needs onnx and onnxruntime (pip install -e '.[dev]'): {e}") from None
     path = Path(path)
-    tmp = _tmp_for(path)
     bigger_B3HW = torch.cat([example_B3HW, example_B3HW[:1]])
-    try:
+    with atomic_output(path) as tmp:
         with _eval_mode(model), _quiet_deprecations():
             ref = _outputs(model(example_B3HW))
             ref_bigger = _outputs(model(bigger_B3HW))
             out_names = _onnx_export(model, example_B3HW, tmp, opset, len(ref))
+        if metadata:
+            proto = onnx.load(str(tmp))
+            for key, value in metadata.items():
+                proto.metadata_props.add(key=key, value=str(value))
+            onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp))
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         diff = 0.0
         for x, r in ((example_B3HW, ref), (bigger_B3HW, ref_bigger)):
             got = session.run(out_names, {"image": x.detach().cpu().float().numpy()})
             diff = max(diff, _max_diff(r, [np.asarray(g, np.float64) for g in got], "ONNX"))
-        result = _check("onnx", tmp, diff, atol)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    result.path = path
+        result = _check("onnx", tmp, path, diff, atol)
     return result
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata written with an exported student: ONNX ``metadata_props`` or TorchScript's ``lit3d.json``."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx
+
+        return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    extra = {METADATA_FILE: ""}
+    torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
+
+
+# --- the deployable student -----------------------------------------------------------------------------------
+class WorldPointmap(torch.nn.Module):
+    """The deployable student: images (B, 3, H, W) RGB in [0, 1] -> world points (B, 3, H, W), labels' frame and
+    unit (the network's normalised output mapped back by the training labels' mean and std)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.student = module.student
+        self.register_buffer("coord_mean", module.coord_mean.detach().clone().cpu())
+        self.register_buffer("coord_std", module.coord_std.detach().clone().cpu())
+
+    def forward(self, image_B3HW: torch.Tensor) -> torch.Tensor:
+        return self.student(image_B3HW) * self.coord_std + self.coord_mean
+
+
+STUDENT_FORMAT = "lit3d-student/1"
+"""``format`` of the metadata below; bump it when a key changes meaning."""
+
+
+def student_metadata(module: torch.nn.Module, labels_info: dict, K_33: np.ndarray | None = None) -> dict[str, str]:
+    """What a runtime needs to use an exported student, as strings (ONNX ``metadata_props`` are strings).
+
+    ``input_height`` / ``input_width``: the image size the student takes (resize the photo to it and scale its K
+    with :func:`lit3d.geometry.scale_intrinsics`); ``input``: layout and value range; ``output``: world points per
+    input pixel (the output grid is the input grid, so its intrinsics are the resized photo's K); ``frame`` and
+    ``unit``: the world frame and unit of the points (those of the label cache); ``grid_intrinsics``: K (3x3,
+    row-major JSON) of the training camera at the input size, pixel centres at integer coordinates (a default for
+    photos from that camera); ``student``: the architecture name.
+    """
+    h, w = (int(v) for v in module.hparams.img_size)
+    meta = {"format": STUDENT_FORMAT, "input_height": str(h), "input_width": str(w),
+            "input": "image: float32 (B, 3, H, W), RGB, values in [0, 1] (uint8 / 255), no mean/std normalisation",
+            "output": "pointmap: float32 (B, 3, H, W), world x, y, z of the surface seen by each input pixel",
+            "frame": str(labels_info.get("frame", "unknown")), "unit": str(labels_info.get("unit", "unknown")),
+            "student": str(module.hparams.student.get("name", "")),
+            "localization": "PnP + RANSAC on (pixel (u, v) = (column, row), world point) pairs, OpenCV camera axes"}
+    if K_33 is not None:
+        meta["grid_intrinsics"] = json.dumps(np.asarray(K_33, np.float64).round(6).tolist())
+    return meta
+
+
+def export_student(module: torch.nn.Module, out_dir: str | os.PathLike, example_NHW3: np.ndarray, labels_info: dict,
+                   K_33: np.ndarray | None = None, atol: float = 1e-4) -> dict[str, float | str]:
+    """``student.onnx`` and ``student.ts`` (:class:`WorldPointmap`, with :func:`student_metadata`) in ``out_dir``,
+    each checked against PyTorch on the uint8 ``example_NHW3`` images; returns ``export/*`` metrics, a failed
+    format recorded as ``export/<fmt>_error`` (a finding to report, not a reason to lose the caller's work)."""
+    model = WorldPointmap(module.cpu()).eval()
+    example_B3HW = torch.from_numpy(np.ascontiguousarray(example_NHW3)).permute(0, 3, 1, 2).float() / 255
+    meta = student_metadata(module, labels_info, K_33)
+    metrics: dict[str, float | str] = {}
+    for fmt, fn, name in (("onnx", export_onnx, "student.onnx"), ("torchscript", export_torchscript, "student.ts")):
+        try:
+            r = fn(model, example_B3HW, Path(out_dir) / name, atol=atol, metadata=meta)
+            metrics.update({f"export/{fmt}_size_mb": r.size_mb, f"export/{fmt}_max_abs_diff": r.max_abs_diff,
+                            f"export/{fmt}_atol": r.atol, f"export/{fmt}_path": str(r.path)})
+        except Exception as e:  # noqa: BLE001  (recorded, see the docstring)
+            log.warning("%s export failed: %s", fmt, e)
+            metrics[f"export/{fmt}_error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return metrics

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lit3d.files import atomic_output
+
 log = logging.getLogger(__name__)
 
 _PLY_TYPES = {
@@ -49,15 +51,9 @@ def write_ply(path: str | os.PathLike, pts_N3: np.ndarray, rgb_N3: np.ndarray | 
     header += ["end_header"]
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(("\n".join(header) + "\n").encode("ascii"))
-            f.write(vertices.tobytes())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        f.write(("\n".join(header) + "\n").encode("ascii"))
+        f.write(vertices.tobytes())
     log.info("wrote %s (%d points, %d non-finite dropped)", path, len(vertices), len(pts) - len(vertices))
     return path
 

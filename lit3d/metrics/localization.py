@@ -46,14 +46,15 @@ def localize(
     min_points: int = 4,
     max_points: int = 20_000,
     seed: int = 0,
+    refine: bool = True,
 ) -> PnPResult:
     """Camera-to-world pose of the query image from its per-pixel world points; never raises on bad input.
 
     RANSAC (OpenCV ``solvePnPRansac``, EPnP minimal samples, SQPnP on the consensus set) with an inlier threshold
     of ``reprojection_px`` pixels (10 px as DSAC*/ACE at 640x480; scale it with the image width, since outliers
-    that fall within it bias the fit), then Levenberg-Marquardt refinement on the inliers. Points that are invalid or
-    non-finite are ignored; above ``max_points`` a deterministic random subset (``seed``) is used, which keeps the
-    time per frame bounded without changing the estimate noticeably.
+    that fall within it bias the fit), then Levenberg-Marquardt refinement on the inliers (``refine``). Points that
+    are invalid or non-finite are ignored; above ``max_points`` a deterministic random subset (``seed``) is used,
+    which keeps the time per frame bounded without changing the estimate noticeably.
     """
     t0 = time.perf_counter()
 
@@ -102,7 +103,8 @@ def localize(
 
     idx = inliers.ravel()
     try:
-        rvec, tvec = cv2.solvePnPRefineLM(pts_N3[idx], uv_N2[idx], K, None, rvec, tvec)
+        if refine:
+            rvec, tvec = cv2.solvePnPRefineLM(pts_N3[idx], uv_N2[idx], K, None, rvec, tvec)
     except cv2.error as e:  # keep the RANSAC pose: refinement only polishes it
         log.debug("solvePnPRefineLM failed, keeping the RANSAC pose: %s", e)
     world2cam_44 = np.eye(4)
@@ -147,3 +149,32 @@ def summarize(t_cm: np.ndarray, r_deg: np.ndarray) -> dict[str, float]:
     out["loc/n_frames"] = float(t.size)
     out["loc/failure_rate"] = float(np.mean(~(np.isfinite(t) & np.isfinite(r)))) if t.size else float("nan")
     return out
+
+
+TUNING_PX_640 = (5.0, 10.0, 20.0)
+"""RANSAC inlier thresholds tried by :func:`tuning_grid`, in pixels at 640 px width (scaled to the image's)."""
+TUNING_ITERATIONS = (256, 1000)
+TUNING_REFINE = (True, False)
+
+
+def tuning_grid(width: int) -> list[dict]:
+    """Localization settings to choose from on validation frames: thresholds :data:`TUNING_PX_640` scaled to
+    ``width`` (at least 1 px, as the default), x iterations x LM refinement on/off; duplicates (thresholds that
+    clamp to the same value) dropped. Each: ``reprojection_px``, ``iterations``, ``refine``."""
+    grid: list[dict] = []
+    for px in TUNING_PX_640:
+        for it in TUNING_ITERATIONS:
+            for refine in TUNING_REFINE:
+                s = {"reprojection_px": max(1.0, px * width / 640), "iterations": it, "refine": refine}
+                if s not in grid:
+                    grid.append(s)
+    return grid
+
+
+def choose_setting(rows: list[dict]) -> int:
+    """Index of the best row: highest ``acc_5cm5deg``, ties broken by the lower ``median_t_cm``, then the first."""
+    def key(k: int) -> tuple[float, float, int]:
+        acc, med = rows[k]["acc_5cm5deg"], rows[k]["median_t_cm"]
+        return (-(acc if np.isfinite(acc) else -1.0), med if not np.isnan(med) else np.inf, k)
+
+    return min(range(len(rows)), key=key)

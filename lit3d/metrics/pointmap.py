@@ -8,6 +8,17 @@ from torchmetrics.utilities import dim_zero_cat
 THRESHOLDS_M = {"2cm": 0.02, "5cm": 0.05, "10cm": 0.10}
 
 
+def error_summary(errors_N: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``l2_mean``, ``l2_median`` and ``acc_2cm`` / ``acc_5cm`` / ``acc_10cm`` (fraction strictly within the
+    threshold, read as metres) of pooled per-pixel L2 errors; NaN for every key when there are none."""
+    if errors_N.numel() == 0:
+        nan = torch.tensor(float("nan"))
+        return {"l2_mean": nan, "l2_median": nan, **{f"acc_{k}": nan for k in THRESHOLDS_M}}
+    out = {"l2_mean": errors_N.mean(), "l2_median": errors_N.median()}
+    out.update({f"acc_{k}": (errors_N < t).float().mean() for k, t in THRESHOLDS_M.items()})
+    return out
+
+
 class PointErrors(Metric):
     """Per-pixel L2 distance between predicted and label world points over valid pixels.
 
@@ -26,10 +37,4 @@ class PointErrors(Metric):
         self.errors.append(err_BHW[valid_BHW].detach())
 
     def compute(self) -> dict[str, torch.Tensor]:
-        errors = dim_zero_cat(self.errors) if self.errors else torch.zeros(0)
-        if errors.numel() == 0:
-            nan = torch.tensor(float("nan"))
-            return {"l2_mean": nan, "l2_median": nan, **{f"acc_{k}": nan for k in THRESHOLDS_M}}
-        out = {"l2_mean": errors.mean(), "l2_median": errors.median()}
-        out.update({f"acc_{k}": (errors < t).float().mean() for k, t in THRESHOLDS_M.items()})
-        return out
+        return error_summary(dim_zero_cat(self.errors) if self.errors else torch.zeros(0))

@@ -9,7 +9,7 @@ from lit3d.registry import Registry
 
 STUDENTS: Registry[torch.nn.Module] = Registry("student")
 
-from lit3d.students import mobilenetv3, vanilla_cnn, vit  # noqa: E402,F401  (registers)
+from lit3d.students import mobilenetv3, scr, vanilla_cnn, vit  # noqa: E402,F401  (registers)
 
 
 def create_student(cfg, img_size: tuple[int, int]) -> torch.nn.Module:

@@ -46,7 +46,7 @@ class MobileNetV3Student(nn.Module):
                              out_stride=cfg.head_stride)
         self.mean, self.std = self.backbone.pretrained_cfg.get("mean"), self.backbone.pretrained_cfg.get("std")
         if cfg.freeze_backbone:
-            self.backbone.requires_grad_(False)
+            self.backbone.requires_grad_(False).eval()
 
     def train(self, mode: bool = True) -> "MobileNetV3Student":
         super().train(mode)
@@ -55,6 +55,10 @@ class MobileNetV3Student(nn.Module):
         return self
 
     def forward(self, img_B3HW: torch.Tensor) -> torch.Tensor:
+        # Lightning restores modes module by module around validation (and does not call train() at the start),
+        # which would put a frozen backbone's BatchNorm back into training mode: its statistics would drift
+        if self.cfg.freeze_backbone and any(m.training for m in self.backbone.modules()):
+            self.backbone.eval()
         feats = self.backbone(normalize_image(img_B3HW, self.mean, self.std))
         return self.head(feats, img_B3HW.shape[-2:])
 

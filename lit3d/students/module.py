@@ -9,6 +9,7 @@ import torch
 
 from lit3d.metrics.pointmap import PointErrors
 from lit3d.students import STUDENTS, create_student
+from lit3d.students.losses import mse_loss, reprojection_loss
 
 STUDENT_FORMAT = 2
 """Layout of the students' weights in checkpoints. Bump it when a change to a student or the head adds, renames or
@@ -22,7 +23,8 @@ class CheckpointFormatError(ValueError):
 
 
 class StudentModule(L.LightningModule):
-    """Student + MSE to the teacher's world points + point-error metrics.
+    """Student + its loss (the paper's MSE to the teacher's world points, or the reprojection loss of
+    :mod:`lit3d.students.losses`) + point-error metrics.
 
     The network predicts normalised coordinates ``(p - mean) / std`` (statistics of the training labels, in
     the cache's world frame and unit); :meth:`forward` returns world points. The metrics also score a trivial
@@ -30,12 +32,13 @@ class StudentModule(L.LightningModule):
     """
 
     def __init__(self, student: dict, optim: dict, img_size: tuple[int, int], coord_mean: list[float],
-                 coord_std: list[float], max_epochs: int = 1):
+                 coord_std: list[float], max_epochs: int = 1, loss: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
         student_cfg = STUDENTS.get(student["name"]).config_cls(**student)
         self.student = create_student(student_cfg, img_size)
         self.optim = optim
+        self.loss_cfg = loss or {"name": "mse"}  # checkpoints from before the loss section trained with MSE
         self.register_buffer("coord_mean", torch.tensor(coord_mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("coord_std", torch.tensor(coord_std, dtype=torch.float32).view(1, 3, 1, 1))
         self.metrics = torch.nn.ModuleDict({f"{s}_{m}": PointErrors() for s in ("val", "test")
@@ -44,7 +47,7 @@ class StudentModule(L.LightningModule):
     @classmethod
     def from_config(cls, cfg, stats: dict[str, torch.Tensor]) -> "StudentModule":
         return cls(dataclasses.asdict(cfg.student), dataclasses.asdict(cfg.optim), tuple(cfg.loader.resolution),
-                   stats["mean"].tolist(), stats["std"].tolist(), cfg.trainer.max_epochs)
+                   stats["mean"].tolist(), stats["std"].tolist(), cfg.trainer.max_epochs, dataclasses.asdict(cfg.loss))
 
     @classmethod
     def load(cls, path, map_location: str | torch.device = "cpu") -> "StudentModule":
@@ -68,22 +71,36 @@ class StudentModule(L.LightningModule):
         """World points (B, 3, H, W) in the labels' frame and unit for images in [0, 1]."""
         return self.student(image_B3HW) * self.coord_std + self.coord_mean
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def progress(self) -> float:
+        """Fraction of the training steps done, in [0, 1] (1 outside of ``fit``): drives the loss's clamp."""
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return 1.0
+        return min(self.global_step / max(int(trainer.estimated_stepping_batches), 1), 1.0)
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The configured loss of a batch and its detached statistics (for logging)."""
         pred_norm = self.student(batch["image"])
-        target_norm = (batch["pts_world"] - self.coord_mean) / self.coord_std
-        sq_err_BHW = ((pred_norm - target_norm) ** 2).mean(1)
-        weight = batch["valid"].float()
-        if self.optim["conf_weighting"]:
-            weight = weight * batch["conf"]
-        return (sq_err_BHW * weight).sum() / weight.sum().clamp_min(1.0)
+        valid = batch["valid"]
+        weight = valid.float() * batch["conf"] if self.optim["conf_weighting"] else None
+        if self.loss_cfg["name"] == "mse":
+            target_norm = (batch["pts_world"] - self.coord_mean) / self.coord_std
+            return mse_loss(pred_norm, target_norm, valid.float() if weight is None else weight), {}
+        inside = batch.get("inside", torch.ones_like(valid))
+        return reprojection_loss(pred_norm * self.coord_std + self.coord_mean, batch["pts_world"], valid, inside,
+                                 batch["K"], batch["cam2world"], self.progress(), self.loss_cfg,
+                                 None if weight is None else torch.where(valid, batch["conf"], 1.0))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._loss(batch)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+        loss, stats = self.compute_loss(batch)
+        n = len(batch["image"])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        for k, v in stats.items():
+            self.log(f"train/{k}", v, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
-        loss = self._loss(batch)
+        loss, _ = self.compute_loss(batch)
         self.log(f"{split}/loss", loss, on_epoch=True, batch_size=len(batch["image"]), sync_dist=True)
         pred = self(batch["image"])
         self.metrics[f"{split}_student"].update(pred, batch["pts_world"], batch["valid"])

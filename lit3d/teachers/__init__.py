@@ -1,4 +1,5 @@
-"""Teachers: image pairs -> pairwise pointmaps and confidences (DUSt3R's output contract).
+"""Teachers: image pairs -> pairwise pointmaps and confidences (DUSt3R's output contract: ``depth``, ``dust3r``,
+``mast3r``), or per-frame world labels given directly (``external``, ``Teacher.gives_world_labels``).
 
 Found by name: ``create_teacher(cfg)`` with ``cfg.name`` one of ``TEACHERS.names()``.
 """
@@ -7,7 +8,7 @@ from lit3d.teachers.base import OUTPUT_KEYS, FrameTransform, Teacher
 
 TEACHERS: Registry[Teacher] = Registry("teacher")
 
-from lit3d.teachers import depth, dust3r  # noqa: E402,F401  (registers)
+from lit3d.teachers import depth, dust3r, external, mast3r, vggt  # noqa: E402,F401  (registers)
 
 
 def create_teacher(cfg) -> Teacher:

@@ -11,6 +11,10 @@ Output (all in the teacher's own scale; metres when ``teacher.metric``):
     ``pts_j_in_i``  (B, H, W, 3) points of image j's pixels in camera-i frame
     ``conf_i``, ``conf_j``   (B, H, W) confidences >= 1
     ``valid_i``, ``valid_j`` (B, H, W) bool, False where the teacher has no answer (conf is 1 there)
+
+Multi-view teachers (``vggt``) instead take a whole view set at once (:meth:`Teacher.predict_views`): (S, 3, H, W)
+RGB in [0, 1] -> ``pts_world`` (S, H, W, 3) in the first view's frame, ``conf`` (S, H, W) >= 1, ``cam2world``
+(S, 4, 4) and ``K`` (S, 3, 3); they give world labels themselves (``gives_world_labels``).
 """
 from __future__ import annotations
 
@@ -80,6 +84,9 @@ class Teacher(torch.nn.Module):
     """True when outputs are in metres for a metric scene (then no scale needs to be solved)."""
     needs_depth: bool = False
     needs_poses: bool = False
+    gives_world_labels: bool = False
+    """True for a teacher that gives every frame's world pointmap itself (:meth:`world_labels`), without pairs or
+    alignment (e.g. ``external``)."""
 
     def frame_transform(self, height: int, width: int) -> FrameTransform:
         """How scene frames of size (H, W) are mapped onto the teacher's grid."""
@@ -90,4 +97,12 @@ class Teacher(torch.nn.Module):
         raise NotImplementedError
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def predict_views(self, images_S3HW: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Multi-view teachers only: one view set -> points in the first view's frame, cameras (see module doc)."""
+        raise NotImplementedError
+
+    def world_labels(self, scene, names: list[str], transform: FrameTransform, min_conf: float):
+        """Only when ``gives_world_labels``: the ``AlignResult`` of the frames ``names`` on the label grid."""
         raise NotImplementedError

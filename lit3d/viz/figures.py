@@ -1,7 +1,7 @@
 """Static matplotlib figures (PNG): pointmap panels, loss curves, localization error CDFs.
 
 Uses ``matplotlib.figure.Figure`` with the Agg canvas directly, so nothing touches pyplot's global state and it is
-safe in headless runs and threads. Every function writes its PNG atomically (temporary file, then ``os.replace``)
+safe in headless runs and threads. Every function writes its PNG atomically (:func:`lit3d.files.atomic_output`)
 and returns the path.
 """
 from __future__ import annotations
@@ -16,6 +16,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lit3d.files import atomic_output
+
 log = logging.getLogger(__name__)
 
 _INVALID_RGB = np.array([0.5, 0.5, 0.5])  # grey: pixels without a valid point
@@ -24,14 +26,9 @@ _INVALID_RGB = np.array([0.5, 0.5, 0.5])  # grey: pixels without a valid point
 def _save(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
     """Write ``fig`` as PNG at ``path`` atomically, so a reader never sees a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     FigureCanvasAgg(fig)
-    try:
+    with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     log.info("wrote %s", path)
     return path
 

@@ -1,7 +1,8 @@
 """Interactive 3D view (plotly HTML) of point clouds and camera frusta, e.g. teacher vs student.
 
 Points and camera poses share one world frame (metres when metric); cameras are camera-to-world 4x4 with OpenCV
-axes and pinhole intrinsics in pixels. The HTML embeds plotly.js, so it opens offline.
+axes and pinhole intrinsics in pixels. The HTML embeds plotly.js (opens offline, ~4 MB each), or with ``shared_js``
+loads one ``plotly.min.js`` beside it, shared by the views of a folder.
 """
 from __future__ import annotations
 
@@ -13,9 +14,13 @@ from typing import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from lit3d.files import atomic_output
 from lit3d.geometry import transform_points
 
 log = logging.getLogger(__name__)
+
+PLOTLY_JS = "plotly.min.js"
+"""The shared plotly.js bundle written beside views made with ``shared_js`` (plotly's ``directory`` mode)."""
 
 Camera = tuple[np.ndarray, np.ndarray, tuple[int, int]]
 """(cam2world_44, K_33, (H, W))."""
@@ -61,12 +66,15 @@ def pointcloud_html(
     frustum_depth: float | None = None,
     point_size: float = 1.5,
     title: str | None = None,
+    shared_js: bool = False,
 ) -> Path:
     """Write an offline plotly HTML with one toggleable trace per cloud and per camera set; returns the path.
 
     ``clouds[name] = (pts (..., 3), rgb (..., 3) uint8 or [0, 1] float, or None)``: non-finite points are dropped and
     at most ``max_points`` per cloud kept (deterministic subset). ``cameras[name]`` is a list of
     (cam2world_44, K_33, (H, W)) drawn as frusta of depth ``frustum_depth`` (default 5 % of the clouds' extent).
+    ``shared_js``: load plotly.js from ``plotly.min.js`` beside the file (written once per folder, ~4 MB, shared by
+    every view there) instead of embedding it in each file.
     """
     fig = go.Figure()
     extent_pts = []
@@ -103,12 +111,13 @@ def pointcloud_html(
         legend=dict(itemsizing="constant"),
     )
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(fig.to_html(include_plotlyjs=True, full_html=True), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    if shared_js and not (path.parent / PLOTLY_JS).is_file():
+        from plotly.offline import get_plotlyjs
+
+        with atomic_output(path.parent / PLOTLY_JS) as tmp:
+            tmp.write_text(get_plotlyjs(), encoding="utf-8")
+    with atomic_output(path) as tmp:
+        tmp.write_text(fig.to_html(include_plotlyjs="directory" if shared_js else True, full_html=True),
+                       encoding="utf-8")
     log.info("wrote %s", path)
     return path

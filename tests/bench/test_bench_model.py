@@ -1,4 +1,6 @@
-"""``python -m lit3d.bench model`` on tiny settings: the table's structure, not its timings."""
+"""``lit3d bench model`` on tiny settings: the table's structure, not its timings."""
+import json
+
 import pytest
 import torch
 
@@ -28,8 +30,9 @@ def test_table_layout():
 def test_bench_model_tiny(tmp_path, capsys):
     rows, rates = run(["--students", *STUDENTS, "--resolution", "32", "32", "--batch-size", "2", "--device", "cpu",
                        "--iters", "2", "--warmup", "1", "--teacher-iters", "1", "--teacher", *TINY_TEACHER,
-                       "--data", "data.num_frames=8", "data.resolution=[24,32]", "loader.resolution=[24,32]",
-                       "loader.batch_size=4", f"cache_dir={tmp_path}", "--data-seconds", "0.1"])
+                       "--data", "data.num_frames=8", "data.split=interleaved", "data.resolution=[24,32]",
+                       "loader.resolution=[24,32]", "loader.batch_size=4", f"cache_dir={tmp_path}",
+                       "--data-seconds", "0.1", "--runtimes", "eager"])
     assert [r.name.split()[0] for r in rows] == ["student", "student", "teacher"]
     assert [r.unit for r in rows] == ["image", "image", "pair"] and rows[0].batch == 2
     for r in rows:
@@ -47,3 +50,16 @@ def test_multiply_accumulates_are_counted_per_item():
     x = torch.rand(3, 4, 5, 6)
     *_, gmac = time_forward(lambda: conv(x), n_items=3, iters=2, warmup=1, max_seconds=1.0, cuda=False)
     assert gmac * 1e9 == pytest.approx(4 * 8 * 30)
+
+
+def test_runtimes_side_by_side_and_json(tmp_path):
+    """Eager, TorchScript and ONNX Runtime rows of one student, the same MACs, and the table as JSON."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "bench.json"
+    rows, rates = run(["--students", STUDENTS[0], "--resolution", "32", "32", "--device", "cpu", "--iters", "2",
+                       "--no-teacher", "--no-data", f"json={out}"])
+    assert [r.name for r in rows] == [f"student {STUDENTS[0]} [{rt}]" for rt in ("eager", "torchscript", "onnxruntime")]
+    assert rates == [] and all(r.p50_ms > 0 for r in rows) and len({r.gmac for r in rows}) == 1
+    table = json.loads(out.read_text())
+    assert [m["name"] for m in table["models"]] == [r.name for r in rows] and table["localize"] == {}
+    assert table["models"][0]["p50_ms"] == rows[0].p50_ms

@@ -13,7 +13,7 @@ def _frames(cache):
 
 def test_reused_when_the_manifest_matches_and_separate_when_it_does_not(tiny_cfg):
     cache, first = build_labels(tiny_cfg())
-    assert not first["reused"] and first["frames"] == 16
+    assert not first["reused"] and first["frames"] == 16 + 4  # training path + test path (data.test_path_frames)
     manifest = json.loads(cache.manifest_path.read_text())
     assert {"format_version", "scene", "teacher", "label_size", "frames", "hash"} <= set(manifest)
     again, second = build_labels(tiny_cfg())

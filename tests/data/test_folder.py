@@ -34,11 +34,12 @@ def test_loads_at_native_and_other_resolutions(tmp_path, renders, ext):
     assert half.read_image(3).shape == (12, 16, 3)
 
 
-def test_split_by_test_frames_stride_and_max_frames(frame_folder, caplog):
-    scene = load(frame_folder, test_frames=["frame-000020", "frame-000050", "frame-999999"], val_every=3)
+def test_split_by_test_frames_stride_and_max_frames(frame_folder):
+    scene = load(frame_folder, test_frames=["frame-000020", "frame-000050"], val_every=3)
     np.testing.assert_array_equal(scene.split["test"], [2, 5])
     np.testing.assert_array_equal(scene.split["val"], [4])  # every 3rd of 0 1 3 4 6 7, skipping the first
-    assert "frame-999999" in caplog.text
+    with pytest.raises(SceneError, match="data.test_frames: 'frame-999999'"):  # was a warning and fewer test frames
+        load(frame_folder, test_frames=["frame-000020", "frame-999999"])
     scene = load(frame_folder, stride=3, max_frames=2)
     assert scene.frame_names == ["frame-000000", "frame-000030"]
 

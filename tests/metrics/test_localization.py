@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lit3d.geometry import backproject_depth, invert_pose, look_at, project, transform_points
-from lit3d.metrics.localization import localize, pose_errors, summarize
+from lit3d.metrics.localization import choose_setting, localize, pose_errors, summarize, tuning_grid
 
 H, W = 48, 64
 K_33 = np.array([[70.0, 0.0, 31.5], [0.0, 72.0, 23.5], [0.0, 0.0, 1.0]])
@@ -132,3 +132,23 @@ def test_summarize_thresholds_and_failures():
     assert s["loc/acc_5cm5deg"] == 0.0 and s["loc/acc_10cm10deg"] == 0.5
     assert all(isinstance(v, float) for v in s.values())
     assert np.isnan(summarize([], [])["loc/acc_5cm5deg"])
+
+
+def test_refinement_can_be_switched_off():
+    rng = np.random.default_rng(3)
+    pts_HW3 = scene_points() + rng.normal(0, 0.01, (H, W, 3))  # noisy points: LM moves the RANSAC pose
+    on = localize(pts_HW3, None, K_33, reprojection_px=3.0, iterations=50)
+    off = localize(pts_HW3, None, K_33, reprojection_px=3.0, iterations=50, refine=False)
+    assert on.ok and off.ok and not np.allclose(on.cam2world_44, off.cam2world_44, atol=1e-9)
+    assert pose_errors(off.cam2world_44, CAM2WORLD_44)[0] < 5
+
+
+def test_tuning_grid_and_choice():
+    grid = tuning_grid(640)
+    assert len(grid) == 12 and {g["reprojection_px"] for g in grid} == {5.0, 10.0, 20.0}
+    assert {g["iterations"] for g in grid} == {256, 1000} and {g["refine"] for g in grid} == {True, False}
+    assert len(tuning_grid(32)) == 4  # 5, 10 and 20 px at 640 all clamp to 1 px at 32 px: duplicates dropped
+    rows = [{"acc_5cm5deg": 0.5, "median_t_cm": 3.0}, {"acc_5cm5deg": 0.7, "median_t_cm": 4.0},
+            {"acc_5cm5deg": 0.7, "median_t_cm": 2.0}, {"acc_5cm5deg": float("nan"), "median_t_cm": 1.0},
+            {"acc_5cm5deg": 0.7, "median_t_cm": 2.0}]
+    assert choose_setting(rows) == 2  # highest accuracy; tie -> lower median translation error; then the first

@@ -10,6 +10,7 @@ SMALL = {
     "vanilla_cnn": ["student.channels=[8,8,16,16,32,32]"],
     "mobilenetv3": ["student.pretrained=false"],
     "vit": ["student.depth=2", "student.num_heads=4", "student.latent_dim=64", "student.patch_size=16"],
+    "scr": ["student.encoder=conv", "student.freeze_encoder=false", "student.head_width=32", "student.head_layers=2"],
 }
 
 
@@ -23,7 +24,9 @@ def test_student_forward_backward(name):
     assert out.shape == (2, 3, *size)
     assert torch.isfinite(out).all()
     out.square().mean().backward()
-    for pname, p in model.named_parameters():
+    trainable = [(pname, p) for pname, p in model.named_parameters() if p.requires_grad]  # frozen ones: no grad
+    assert trainable, f"{name}: nothing to train"
+    for pname, p in trainable:
         assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}: {pname} gets no gradient"
     info = model_size(model)
     assert info["params"] == sum(p.numel() for p in model.parameters())
@@ -37,6 +40,11 @@ def test_frozen_backbone_trains_only_the_head():
     assert all(p.requires_grad for p in model.head.parameters())
     bn = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
     before = bn.running_mean.clone()
+    model(torch.rand(2, 3, 32, 32))
+    assert not bn.training and torch.equal(bn.running_mean, before)
+    # Lightning restores train/eval flags module by module after validation, without calling train()
+    for m in model.modules():
+        m.training = True
     model(torch.rand(2, 3, 32, 32))
     assert not bn.training and torch.equal(bn.running_mean, before)
 

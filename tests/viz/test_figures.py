@@ -127,3 +127,13 @@ def test_pointcloud_html_without_cameras(tmp_path):
     html = pointcloud_html(tmp_path / "c.html", {"only": (pts, pts * 0 + 0.5)}, None).read_text()
     traces = plotly_traces(html)
     assert [t["name"] for t in traces] == ["only"] and traces[0]["marker"]["color"][0] == "rgb(128,128,128)"
+
+
+def test_views_of_a_folder_share_one_plotly_js(tmp_path):
+    pts = np.random.default_rng(0).normal(0, 1, (20, 3))
+    sizes = [pointcloud_html(tmp_path / f"{k}.html", {"only": (pts, None)}, shared_js=True).stat().st_size
+             for k in range(2)]
+    js = tmp_path / "plotly.min.js"
+    assert js.stat().st_size > 1_000_000 and max(sizes) < 100_000
+    assert '<script charset="utf-8" src="plotly.min.js">' in (tmp_path / "1.html").read_text()
+    assert no_tmp_left(tmp_path)

@@ -138,7 +138,7 @@ def _from_hub(name: str) -> tuple[Path, dict[str, Any]]:
 
 def missing_weights_message(preset: Dust3rPreset) -> str:
     folder = os.environ.get(CHECKPOINT_DIR_ENV, "checkpoints")
-    return (f"DUSt3R weights not found: download {preset.url} into {folder}/ (or set ${CHECKPOINT_DIR_ENV}), or "
+    return (f"{preset.family} weights not found: download {preset.url} into {folder}/ (or set ${CHECKPOINT_DIR_ENV}), or "
             f"set teacher.checkpoint=PATH.pth|FOLDER|{preset.hub_name}; teacher.random_init=true is for tests and "
             f"benchmarks only")
 
@@ -209,7 +209,8 @@ def check_state_dict(model: nn.Module, state: dict[str, Tensor], source: str) ->
                 (("missing", missing), ("unexpected", unexpected), ("mismatched (checkpoint vs model)", mismatched))
                 if keys]
     if problems:
-        raise CheckpointError(f"{source} does not fit the DUSt3R architecture: {'; '.join(problems)}")
+        raise CheckpointError(f"{source} does not fit the {type(model).__name__} architecture: "
+                              f"{'; '.join(problems)}")
 
 
 def load_into(model: nn.Module, state: dict[str, Tensor], source: str) -> nn.Module:

@@ -34,8 +34,12 @@ class Dust3rNet(nn.Module):
         self.dec_norm = nn.LayerNorm(a.dec_embed_dim, eps=1e-6)
         self.dec_blocks2 = nn.ModuleList([DecoderBlock(a.dec_embed_dim, a.dec_num_heads, a.mlp_ratio)
                                           for _ in range(a.dec_depth)])
-        self.downstream_head1 = make_head(a)
-        self.downstream_head2 = make_head(a)
+        self.downstream_head1 = self.make_head(a)
+        self.downstream_head2 = self.make_head(a)
+
+    def make_head(self, arch: Dust3rArch) -> nn.Module:
+        """One view's prediction head (a subclass builds its family's heads)."""
+        return make_head(arch)
 
     def init_weights(self) -> "Dust3rNet":
         """CroCo's initialisation (xavier-uniform linears and patch projection); for random-weight runs."""
@@ -90,7 +94,9 @@ class Dust3rNet(nn.Module):
         with torch.autocast(device_type=dec1[-1].device.type, enabled=False):
             pred1 = self.downstream_head1([t.float() for t in dec1], hw1)
             pred2 = self.downstream_head2([t.float() for t in dec2], hw2)
-        return pred1, {"pts3d_in_other_view": pred2["pts3d"], "conf": pred2["conf"]}
+        pred2 = dict(pred2)  # any further outputs (MASt3R's descriptors) keep their names
+        pred2["pts3d_in_other_view"] = pred2.pop("pts3d")
+        return pred1, pred2
 
     def forward_features(self, feat1: Tensor, pos1: Tensor, feat2: Tensor, pos2: Tensor, hw1: tuple[int, int],
                          hw2: tuple[int, int] | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

@@ -35,9 +35,12 @@ class Dust3rArch:
     conf_max: float = math.inf
     """Confidence = conf_min + exp(c), clipped at conf_max (conf_mode ``('exp', 1, inf)``)."""
 
+    head_types = ("dpt", "linear")  # heads this family builds (not a field; MASt3R's subclass has its own)
+
     def __post_init__(self) -> None:
-        if self.head_type not in ("dpt", "linear"):
-            raise ValueError(f"DUSt3R head_type must be 'dpt' or 'linear', got {self.head_type!r}")
+        if self.head_type not in self.head_types:
+            raise ValueError(f"{type(self).__name__} head_type must be one of {', '.join(self.head_types)}, "
+                             f"got {self.head_type!r}")
         if self.depth_mode not in ("exp", "square", "linear"):
             raise ValueError(f"DUSt3R depth_mode must be exp, square or linear, got {self.depth_mode!r}")
         for dim, heads, what in ((self.enc_embed_dim, self.enc_num_heads, "encoder"),
@@ -45,7 +48,7 @@ class Dust3rArch:
             # RoPE2D splits each head into a y half and an x half, each rotated in pairs
             if dim % heads or (dim // heads) % 4:
                 raise ValueError(f"DUSt3R {what} dim {dim} / {heads} heads must give a head dim divisible by 4")
-        if self.head_type == "dpt" and (self.dec_depth < 4 or len(self.dpt_layer_dims) != 4):
+        if "dpt" in self.head_type and (self.dec_depth < 4 or len(self.dpt_layer_dims) != 4):
             raise ValueError("the DPT head needs dec_depth >= 4 and 4 dpt_layer_dims")
 
     @property
@@ -66,10 +69,14 @@ class Dust3rPreset:
     arch: Dust3rArch
     resolution: int
     """512: long side 512, crop to multiples of 16; 224: short side 224, centre crop 224x224."""
+    family: str = "DUSt3R"
+    """``DUSt3R`` or ``MASt3R``: the teacher that runs it and the folder of the release server."""
+    metric: bool = False
+    """Whether the released weights predict metres (MASt3R's ``_metric`` models)."""
 
     @property
     def url(self) -> str:
-        return f"https://download.europe.naverlabs.com/ComputerVision/DUSt3R/{self.name}.pth"
+        return f"https://download.europe.naverlabs.com/ComputerVision/{self.family}/{self.name}.pth"
 
     @property
     def hub_name(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -18,7 +19,7 @@ from lit3d.teachers.config import TeacherConfig
 from lit3d.teachers.dust3r.checkpoint import load_into, read_checkpoint
 from lit3d.teachers.dust3r.model import Dust3rNet
 from lit3d.teachers.dust3r.preprocess import dust3r_frame_transform, normalize
-from lit3d.teachers.dust3r.presets import Dust3rArch, arch_from_hub_config, get_preset
+from lit3d.teachers.dust3r.presets import Dust3rArch, Dust3rPreset, arch_from_hub_config, get_preset
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,11 @@ class Dust3rTeacherConfig(TeacherConfig):
         changes = {n: getattr(self, n) for n in names if getattr(self, n)}
         if self.dpt_layer_dims:
             changes["dpt_layer_dims"] = tuple(self.dpt_layer_dims)
-        return get_preset(self.preset).arch.replace(**changes)
+        return self.preset_info().arch.replace(**changes)
+
+    def preset_info(self) -> Dust3rPreset:
+        """The released model ``preset`` names."""
+        return get_preset(self.preset)
 
 
 def first_occurrence(ids_N: Tensor) -> tuple[Tensor, Tensor]:
@@ -106,7 +111,7 @@ class DUSt3RTeacher(Teacher):
         # plain-JSON values: lists for tuples, strings for infinities (JSON has no inf)
         arch = {k: list(v) if isinstance(v, tuple) else str(v) if v in (math.inf, -math.inf) else v
                 for k, v in asdict(self.net.arch).items()}
-        return {"name": "dust3r", "preset": self.cfg.preset, "arch": arch, "resolution": self.resolution,
+        return {"name": self.cfg.name, "preset": self.cfg.preset, "arch": arch, "resolution": self.resolution,
                 "amp": self.cfg.amp, **self._weights}
 
     def encode_pairs(self, img_i: Tensor, img_j: Tensor, idx_i: Tensor | None, idx_j: Tensor | None
@@ -165,26 +170,30 @@ class DUSt3RTeacher(Teacher):
         return size
 
 
+def load_network(cfg: Dust3rTeacherConfig, net_cls: type[Dust3rNet] = Dust3rNet,
+                 arch_from_config: Callable[[dict], tuple[Dust3rArch, int]] = arch_from_hub_config
+                 ) -> tuple[Dust3rNet, int, dict]:
+    """The network of ``cfg`` with its weights (or random ones), its input resolution and the weights' record."""
+    preset = cfg.preset_info()
+    resolution = cfg.resolution or preset.resolution
+    if cfg.random_init:
+        log.warning("%s: random weights (teacher.random_init=true): for tests and benchmarks only", cfg.name)
+        net = net_cls(cfg.arch()).init_weights()
+        return net, resolution, {"checkpoint": None, "checkpoint_sha256": None, "random_init": True}
+    ckpt = read_checkpoint(cfg.checkpoint, preset, cfg.sha256)
+    arch = cfg.arch()
+    if ckpt.config is not None:  # the file's own config.json describes its weights
+        arch, file_resolution = arch_from_config(ckpt.config)
+        resolution = cfg.resolution or file_resolution
+    with torch.device("meta"):  # no second 2.3 GB copy: the loaded tensors become the parameters
+        net = net_cls(arch)
+    load_into(net, ckpt.state_dict, f"{ckpt.path} (teacher.preset={cfg.preset})")
+    log.info("%s: loaded %s (sha256 %s)", cfg.name, ckpt.path, ckpt.sha256)
+    return net, resolution, {"checkpoint": str(ckpt.path), "checkpoint_sha256": ckpt.sha256, "random_init": False}
+
+
 @TEACHERS.register("dust3r", Dust3rTeacherConfig)
 def build_dust3r(cfg: Dust3rTeacherConfig) -> DUSt3RTeacher:
     """The network with weights (or random ones), placed on ``cfg.device`` when set."""
-    preset = get_preset(cfg.preset)
-    resolution = cfg.resolution or preset.resolution
-    if cfg.random_init:
-        log.warning("dust3r: random weights (teacher.random_init=true): for tests and benchmarks only")
-        net = Dust3rNet(cfg.arch()).init_weights()
-        weights = {"checkpoint": None, "checkpoint_sha256": None, "random_init": True}
-    else:
-        ckpt = read_checkpoint(cfg.checkpoint, preset, cfg.sha256)
-        arch = cfg.arch()
-        if ckpt.config is not None:  # the file's own config.json describes its weights
-            arch, file_resolution = arch_from_hub_config(ckpt.config)
-            resolution = cfg.resolution or file_resolution
-        with torch.device("meta"):  # no second 2.3 GB copy: the loaded tensors become the parameters
-            net = Dust3rNet(arch)
-        load_into(net, ckpt.state_dict, f"{ckpt.path} (teacher.preset={cfg.preset})")
-        log.info("dust3r: loaded %s (sha256 %s)", ckpt.path, ckpt.sha256)
-        weights = {"checkpoint": str(ckpt.path), "checkpoint_sha256": ckpt.sha256, "random_init": False}
-    teacher = DUSt3RTeacher(cfg, net, resolution, weights)
+    teacher = DUSt3RTeacher(cfg, *load_network(cfg))
     return teacher.to(cfg.device) if cfg.device else teacher
-

@@ -1,0 +1,403 @@
+"""One place for run directories: lookup, checkpoint choice, prediction, frame localization, point errors, metrics.
+
+A run directory (written by ``lit3d fit``) holds ``config.yaml`` (the resolved config), ``checkpoints/best.ckpt``
+and ``last.ckpt``, ``metrics.json`` (final metrics, merged by later commands) and ``metrics.csv`` (the logger's
+curves). ``evaluate``, ``localize``, ``report``, the notebooks' :mod:`lit3d.analysis` and :mod:`lit3d.viz.run`
+read runs through this module only.
+
+Frames: the student predicts world points in the labels' frame and unit (``labels.json`` of the cache, recorded
+as ``labels/frame`` and ``labels/unit`` in metrics.json). :func:`labels_to_gt` maps them onto the dataset's metric
+frame when the labels are elsewhere (DUSt3R-aligned caches), so errors against ground truth are in metres.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from lit3d.cache.datamodule import resize_frame
+from lit3d.cache.store import LabelCache, write_json
+from lit3d.config import FitConfig, from_yaml, load_config
+from lit3d.data.io import atomic_write_bytes
+from lit3d.geometry import backproject_depth, nearest_rotation, transform_points, umeyama_sim3
+from lit3d.metrics.localization import localize, pose_errors, summarize
+from lit3d.metrics.pointmap import error_summary
+from lit3d.students.module import StudentModule
+
+log = logging.getLogger(__name__)
+
+RANSAC_PX_AT_640 = 10.0
+"""Default RANSAC inlier threshold: 10 px at 640 px image width (DSAC*/ACE), scaled to the student's width."""
+
+
+# --- lookup -------------------------------------------------------------------------------------------------------
+def run_config(run_dir: str | Path, overrides: list[str] | None = None) -> FitConfig:
+    """The run's resolved ``config.yaml`` with dot-list ``overrides`` applied (``run_dir`` = where it is now)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = load_config([f"experiment={path}", *(overrides or [])])  # a yaml path is a valid experiment
+    cfg.experiment, cfg.run_dir = from_yaml(path).experiment, str(run_dir)
+    return cfg
+
+
+def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
+    """``checkpoints/best.ckpt`` (falling back to last.ckpt: runs without validation have no best), ``last``,
+    or ``which`` as a path to a .ckpt file."""
+    ckpts = Path(run_dir) / "checkpoints"
+    if which in ("best", "last"):
+        for name in (["best.ckpt", "last.ckpt"] if which == "best" else ["last.ckpt"]):
+            if (ckpts / name).is_file():
+                return ckpts / name
+        raise FileNotFoundError(f"{run_dir}: no {which} checkpoint in {ckpts}")
+    if not Path(which).is_file():
+        raise FileNotFoundError(f"checkpoint {which} not found")
+    return Path(which)
+
+
+def load_student(run_dir: str | Path, which: str = "best") -> StudentModule:
+    """The run's trained student (CPU, eval mode), checkpoint chosen by :func:`checkpoint_path`."""
+    module = StudentModule.load(checkpoint_path(run_dir, which))
+    return module.eval()
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """The run's ``metrics.json`` ({} when it has none yet)."""
+    path = Path(run_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def merge_metrics(run_dir: str | Path, metrics: dict, replaced: tuple[str, ...]) -> None:
+    """Write ``metrics`` into metrics.json, keeping every key except those under ``replaced`` (stale ones would
+    mislead)."""
+    old = read_metrics(run_dir)
+    write_json(Path(run_dir) / "metrics.json",
+               {**{k: v for k, v in old.items() if not k.startswith(replaced)}, **metrics})
+
+
+def read_log(run_dir: str | Path) -> list[dict[str, float]]:
+    """Rows of the run's CSV log ``metrics.csv`` with their non-empty values as floats ([] without a log)."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+
+
+def load_curves(run_dir: str | Path) -> dict[str, tuple[list[float], list[float]]]:
+    """``{'train': (steps, loss), 'val': (steps, loss)}`` from the run's CSV log (epoch-level values)."""
+    series: dict[str, tuple[list[float], list[float]]] = {"train": ([], []), "val": ([], [])}
+    for row in read_log(run_dir):
+        for name, key in (("train", "train/loss_epoch"), ("val", "val/loss")):
+            if key in row:
+                series[name][0].append(row["step"])
+                series[name][1].append(row[key])
+    return series
+
+
+def find_runs(paths: list[str | Path]) -> list[Path]:
+    """Run directories (holding config.yaml and metrics.json) among ``paths`` and below them, sorted, unique."""
+    runs: set[Path] = set()
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise FileNotFoundError(f"{p} is not a directory")
+        found = [m.parent for m in p.rglob("metrics.json") if (m.parent / "config.yaml").is_file()]
+        if not found:
+            log.warning("no run directory (config.yaml + metrics.json) in %s", p)
+        runs.update(found)
+    return sorted(runs)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one dict of dotted keys (lists kept as values)."""
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(flatten(v, f"{prefix}{k}."))
+    return out
+
+
+def raw_config(run_dir: str | Path) -> dict[str, Any]:
+    """The run's config.yaml as written (plain data: old runs load whatever the config keys are now)."""
+    return OmegaConf.to_container(OmegaConf.load(Path(run_dir) / "config.yaml"))
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> None:
+    """Rows as CSV (columns: every key in order of first appearance), written atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+@dataclass
+class Run:
+    """A finished run: its config (as written), metrics, trained student (CPU, eval mode) and label cache."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    module: StudentModule
+    cache: LabelCache
+    _to_gt: tuple[np.ndarray | None, str] | None = field(default=None, repr=False)
+
+    def to_gt(self) -> tuple[np.ndarray | None, str]:
+        """:func:`labels_to_gt` of the run's cache, fitted on its training frames (computed once)."""
+        if self._to_gt is None:
+            self._to_gt = labels_to_gt(self.cache, self.cache.split.get("train") or self.cache.frames)
+        return self._to_gt
+
+
+def open_run(run_dir: str | Path, checkpoint: str = "best", cache_dir: str | Path | None = None) -> Run:
+    """A run directory with its student and label cache (the one recorded as ``labels/cache``; ``cache_dir``
+    finds it when the run recorded a path relative to another working directory)."""
+    run_dir = Path(run_dir)
+    metrics = read_metrics(run_dir)
+    if "labels/cache" not in metrics:
+        raise FileNotFoundError(f"{run_dir}/metrics.json does not name the run's label cache (labels/cache)")
+    module = load_student(run_dir, checkpoint)
+    cache_root = Path(metrics["labels/cache"])
+    if not cache_root.is_dir() and cache_dir is not None:
+        cache_root = Path(cache_dir) / "labels" / cache_root.name
+    return Run(run_dir, raw_config(run_dir), metrics, module, LabelCache(cache_root))
+
+
+# --- prediction ---------------------------------------------------------------------------------------------------
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def default_reprojection_px(width: int) -> float:
+    """RANSAC inlier threshold for an image ``width`` pixels wide: :data:`RANSAC_PX_AT_640` scaled, >= 1 px."""
+    return max(1.0, RANSAC_PX_AT_640 * width / 640)
+
+
+@torch.no_grad()
+def predict(module: torch.nn.Module, images_NHW3: np.ndarray, batch_size: int, device: torch.device | str = "cpu",
+            progress: bool = False, warmup: bool = True) -> tuple[np.ndarray, float]:
+    """Student world points (N, h, w, 3) of uint8 images and the forward time per image (ms, after a warm-up
+    forward unless ``warmup`` is False).
+
+    ``module`` maps images (B, 3, h, w) in [0, 1] to world points (B, 3, h, w) (a StudentModule, an exported
+    TorchScript module, or anything with that contract).
+    """
+    device = torch.device(device)
+    module.eval().to(device)
+    x_N3HW = torch.from_numpy(np.ascontiguousarray(images_NHW3)).permute(0, 3, 1, 2).float() / 255
+    if warmup:
+        module(x_N3HW[:batch_size].to(device))  # warm-up: first-call allocations are not the model's speed
+    out, seconds = [], 0.0
+    starts = range(0, len(x_N3HW), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="student", unit="batch", leave=False)
+    for k in starts:
+        xb = x_N3HW[k : k + batch_size].to(device)
+        t0 = time.perf_counter()
+        pred = module(xb)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds += time.perf_counter() - t0
+        out.append(pred.permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(out), 1000 * seconds / max(len(x_N3HW), 1)
+
+
+# --- ground truth and frames --------------------------------------------------------------------------------------
+def gt_world_points(frame: dict[str, np.ndarray], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Ground-truth world points (h, w, 3) and mask at the student grid: depth back-projected on the label grid
+    with its K and pose (metres, dataset frame), then sampled like the labels. None without depth or pose."""
+    depth_HW, cam2world_44 = frame["depth"], frame["cam2world"].astype(np.float64)
+    if not np.all(np.isfinite(cam2world_44)) or not (depth_HW > 0).any():
+        return None
+    pts_HW3 = transform_points(cam2world_44, backproject_depth(depth_HW, frame["K"]).astype(np.float64))
+    # sampled like the labels, so GT, labels and predictions describe the same pixels
+    out = resize_frame({**frame, "pts_world": pts_HW3, "valid": depth_HW > 0}, size)
+    return out["pts_world"], out["valid"]
+
+
+def labels_to_gt(cache: LabelCache, names: list[str], max_frames: int = 64, per_frame: int = 2000,
+                 seed: int = 0) -> tuple[np.ndarray | None, str]:
+    """Similarity S_44 mapping the labels' world frame onto the dataset's metric frame, and how it was found.
+
+    Identity when the labels are already in the dataset frame in metres; otherwise a Umeyama Sim(3) from the
+    teacher's labels to back-projected ground truth on ``names`` (the training frames, so test frames stay
+    unseen), refitted once without its worst 20 % residuals. None when the scene has no depth and poses.
+    """
+    info = cache.labels_info
+    if info.get("frame") == "dataset" and info.get("unit") == "m":
+        return np.eye(4), "identity"
+    rng = np.random.default_rng(seed)
+    src, dst = [], []
+    for name in names[:: max(1, len(names) // max_frames)]:
+        f = cache.load_frame(name)
+        gt = gt_world_points(f, f["depth"].shape)
+        if gt is None:
+            continue
+        ok_N = np.flatnonzero((f["valid"] & gt[1] & np.all(np.isfinite(f["pts_world"]), -1)).ravel())
+        pick = rng.choice(ok_N, min(per_frame, len(ok_N)), replace=False)
+        src.append(f["pts_world"].reshape(-1, 3)[pick])
+        dst.append(gt[0].reshape(-1, 3)[pick])
+    if sum(len(s) for s in src) < 3:
+        return None, "none (no depth and poses)"
+    src_N3, dst_N3 = np.concatenate(src).astype(np.float64), np.concatenate(dst)
+    keep = np.ones(len(src_N3), bool)
+    for _ in range(2):  # least squares, then again without the worst fifth (teacher outliers)
+        s, R, t = umeyama_sim3(src_N3[keep], dst_N3[keep])
+        res_N = np.linalg.norm(s * src_N3 @ R.T + t - dst_N3, axis=1)
+        keep = res_N <= np.quantile(res_N, 0.8)
+    S_44 = np.eye(4)
+    S_44[:3, :3], S_44[:3, 3] = s * R, t
+    return S_44, f"sim3 fitted on {len(src)} {info.get('frame')} frames (scale {float(s):.4g})"
+
+
+def pose_to_gt(S_44: np.ndarray, cam2world_44: np.ndarray | None) -> np.ndarray | None:
+    """A camera-to-world pose in the labels' frame expressed in the dataset frame (rigid: scale moves the centre)."""
+    if cam2world_44 is None:
+        return None
+    out = S_44 @ cam2world_44
+    out[:3, :3] /= np.cbrt(np.linalg.det(S_44[:3, :3]))
+    return out
+
+
+def nearest_rigid(T_44: np.ndarray) -> np.ndarray:
+    """The rigid pose nearest to ``T_44`` (rotation block projected onto SO(3)); non-finite stays as is.
+
+    Dataset poses are not always orthonormal (7-Scenes: det R ~ 0.99985), and the angle of R_est^T R_gt read from
+    its trace turns that into ~1 deg of rotation error that no estimate could remove.
+    """
+    if not np.all(np.isfinite(T_44)):
+        return T_44
+    out = np.array(T_44, dtype=np.float64)
+    out[:3, :3], out[3] = nearest_rotation(out[:3, :3]), (0.0, 0.0, 0.0, 1.0)
+    return out
+
+
+def error_stats(err_N: np.ndarray, prefix: str) -> dict[str, float]:
+    """:func:`lit3d.metrics.pointmap.error_summary` (the keys of ``PointErrors``) of pooled pixel errors, prefixed."""
+    if err_N.size == 0:
+        return {}
+    return {prefix + k: float(v) for k, v in error_summary(torch.from_numpy(np.asarray(err_N, np.float64))).items()}
+
+
+@dataclass
+class Frames:
+    """Frames of one split on the student grid (h, w), with the student's predictions and the ground truth."""
+
+    names: list[str]
+    images_NHW3: np.ndarray
+    """uint8 RGB as the student saw it."""
+    teacher_NHW3: np.ndarray
+    """Teacher labels, labels' world frame and unit."""
+    valid_NHW: np.ndarray
+    student_NHW3: np.ndarray
+    """Student predictions, labels' world frame and unit."""
+    gt_NHW3: np.ndarray
+    """Ground-truth world points, dataset frame, metres (NaN where unknown)."""
+    gt_valid_NHW: np.ndarray
+    K_N33: np.ndarray
+    """Intrinsics of the student grid, pixels (those of the resized frames: labels are sampled at its pixels)."""
+    cam2world_N44: np.ndarray
+    """Ground-truth poses, dataset frame, metres (NaN where unknown), made exactly rigid (:func:`nearest_rigid`)."""
+    ms_per_image: float
+    """Student forward time per image, ms."""
+
+
+def load_frames(cache: LabelCache, names: list[str], module: StudentModule, batch_size: int,
+                device: torch.device | str = "cpu") -> Frames:
+    """Frames ``names`` of ``cache`` resized to the student's input, predicted by ``module``."""
+    size = tuple(module.hparams.img_size)
+    labels = [cache.load_frame(n) for n in names]
+    frames = [resize_frame(f, size) for f in labels]
+    gt_NHW3, gt_valid_NHW = np.full((len(names), *size, 3), np.nan), np.zeros((len(names), *size), bool)
+    for i, f in enumerate(labels):
+        gt = gt_world_points(f, size)
+        if gt is not None:
+            gt_NHW3[i], gt_valid_NHW[i] = gt
+    images_NHW3 = np.stack([f["image"] for f in frames])
+    student_NHW3, ms = predict(module, images_NHW3, batch_size, device)
+    return Frames(
+        names=list(names), images_NHW3=images_NHW3, valid_NHW=np.stack([f["valid"] for f in frames]),
+        teacher_NHW3=np.stack([f["pts_world"] for f in frames]).astype(np.float64), student_NHW3=student_NHW3,
+        gt_NHW3=gt_NHW3, gt_valid_NHW=gt_valid_NHW,
+        K_N33=np.stack([f["K"].astype(np.float64) for f in frames]),
+        cam2world_N44=np.stack([nearest_rigid(f["cam2world"].astype(np.float64)) for f in frames]), ms_per_image=ms)
+
+
+# --- scores -------------------------------------------------------------------------------------------------------
+def point_errors(fr: Frames, S_44: np.ndarray | None) -> tuple[list[dict], dict[str, float]]:
+    """Per-frame mean L2 errors and pooled ``eval/{student_vs_teacher, teacher_vs_gt, student_vs_gt}/*``.
+
+    Student vs teacher in the labels' unit; against ground truth after mapping by ``S_44``, in metres.
+    """
+    rows: list[dict] = [{} for _ in fr.names]
+    pairs = {"student_vs_teacher": (fr.student_NHW3, fr.teacher_NHW3, fr.valid_NHW)}
+    if S_44 is not None and fr.gt_valid_NHW.any():
+        pairs["teacher_vs_gt"] = (transform_points(S_44, fr.teacher_NHW3), fr.gt_NHW3, fr.gt_valid_NHW & fr.valid_NHW)
+        pairs["student_vs_gt"] = (transform_points(S_44, fr.student_NHW3.astype(np.float64)), fr.gt_NHW3,
+                                  fr.gt_valid_NHW)
+    metrics: dict[str, float] = {}
+    for key, (a_NHW3, b_NHW3, mask_NHW) in pairs.items():
+        err_NHW = np.linalg.norm(a_NHW3 - b_NHW3, axis=-1)
+        for row, err_hw, mask_hw in zip(rows, err_NHW, mask_NHW):
+            row[f"{key}_l2_mean"] = float(err_hw[mask_hw].mean()) if mask_hw.any() else float("nan")
+            row[f"{key}_l2_median"] = float(np.median(err_hw[mask_hw])) if mask_hw.any() else float("nan")
+        metrics.update(error_stats(err_NHW[mask_NHW], f"eval/{key}/"))
+    return rows, metrics
+
+
+def localize_frames(fr: Frames, S_44: np.ndarray | None, reprojection_px: float, iterations: int = 1000,
+                    refine: bool = True, who: tuple[str, ...] = ("student", "teacher"),
+                    ) -> tuple[list[dict], dict[str, float], dict[str, list]]:
+    """PnP-RANSAC from the student's points (all pixels: no labels at test time) and the teacher's (valid ones);
+    ``who`` limits it to one of them (``localize``'s ``iterations`` and ``refine`` are passed on).
+
+    Estimates are mapped into the dataset frame by ``S_44`` (:func:`labels_to_gt`) before they are compared with
+    the true poses. Returns per-frame rows, ``loc/*`` and ``loc_teacher/*`` metrics (accuracies only when every
+    frame has a true pose) and the camera-to-world poses ``{'student', 'teacher', 'true'}`` in the dataset frame
+    (None: unknown).
+    """
+    rows: list[dict] = []
+    poses: dict[str, list] = {"student": [], "teacher": [], "true": []}
+    for i in range(len(fr.names)):
+        true_44 = fr.cam2world_N44[i]
+        has_pose = S_44 is not None and bool(np.all(np.isfinite(true_44)))
+        row: dict = {}
+        for name, pts_hw3, mask in (("student", fr.student_NHW3[i], None), ("teacher", fr.teacher_NHW3[i],
+                                                                             fr.valid_NHW[i])):
+            if name not in who:
+                continue
+            res = localize(pts_hw3, mask, fr.K_N33[i], reprojection_px=reprojection_px, iterations=iterations,
+                           refine=refine)
+            est_44 = pose_to_gt(S_44, res.cam2world_44) if has_pose else None
+            t_cm, r_deg = pose_errors(est_44, true_44) if has_pose else (float("nan"), float("nan"))
+            poses[name].append(est_44)
+            row.update({f"{name}_loc_ok": res.ok, f"{name}_t_cm": t_cm, f"{name}_r_deg": r_deg,
+                        f"{name}_inlier_ratio": res.inlier_ratio, f"{name}_loc_ms": 1000 * res.seconds,
+                        f"{name}_loc_reason": res.reason})
+        poses["true"].append(true_44 if has_pose else None)
+        rows.append(row)
+    metrics: dict[str, float] = {}
+    for name, prefix in (("student", "loc/"), ("teacher", "loc_teacher/")):
+        if name not in who:
+            continue
+        if all(t is not None for t in poses["true"]):
+            s = summarize(np.array([r[f"{name}_t_cm"] for r in rows]), np.array([r[f"{name}_r_deg"] for r in rows]))
+            metrics.update({prefix + k.split("/", 1)[1]: v for k, v in s.items()})
+        metrics[f"{prefix}inlier_ratio"] = float(np.mean([r[f"{name}_inlier_ratio"] for r in rows]))
+        metrics[f"{prefix}time_ms_per_frame"] = float(np.mean([r[f"{name}_loc_ms"] for r in rows]))
+    return rows, metrics, poses

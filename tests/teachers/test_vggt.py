@@ -1,0 +1,225 @@
+"""VGGT: golden conformance with the official code, the released state-dict layout, safe loading, chunk stitching,
+and the teacher labelling the synthetic scene end to end."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from lit3d.geometry import backproject_depth, transform_points
+from lit3d.teachers import TEACHERS, create_teacher
+from lit3d.teachers.dust3r import CheckpointError, load_into
+from lit3d.teachers.dust3r.checkpoint import CHECKPOINT_DIR_ENV
+from lit3d.teachers.vggt import VggtArch, VggtNet, VggtTeacher, decode_pose, vggt_frame_transform
+from lit3d.teachers.vggt.model import drop_unused
+from lit3d.teachers.vggt.stitch import ViewSet, anchor_to_poses, chunk_ranges, stitch
+from lit3d.teachers.vggt.teacher import HUB_NAME, RELEASE_URL
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+TSV = GOLDEN / "vggt_1b_state_dict.tsv"
+TINY = dict(img_size=56, embed_dim=32, dino_depth=2, dino_num_heads=2, depth=4, num_heads=2, camera_depth=1,
+            camera_num_heads=2, dpt_features=16, dpt_out_channels=[8, 16, 32, 32], dpt_layers=[0, 1, 2, 3])
+TINY_ARGS = ["teacher=vggt", *(f"teacher.{k}={v}".replace(" ", "") for k, v in TINY.items())]
+
+
+def assert_close(actual: torch.Tensor, expected: np.ndarray, rtol: float = 1e-4) -> None:
+    """Relative to the tensor's largest magnitude: near-zero entries carry no relative precision."""
+    actual = actual.detach().cpu().numpy().astype(np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    err = np.abs(actual - expected).max()
+    assert err <= rtol * np.abs(expected).max(), err / np.abs(expected).max()
+
+
+def golden_net() -> tuple[VggtNet, dict[str, np.ndarray]]:
+    cfg = json.loads((GOLDEN / "vggt_tiny.config.json").read_text())
+    arch = VggtArch(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["arch"].items()})
+    net = load_into(VggtNet(arch), load_file(str(GOLDEN / "vggt_tiny.weights_fp16.safetensors")), "golden").eval()
+    with np.load(GOLDEN / "vggt_tiny.io.npz") as f:
+        io = {k: f[k] for k in f.files}
+    return net, io
+
+
+def test_golden_conformance() -> None:
+    net, io = golden_net()
+    images = torch.from_numpy(io["images"])
+    assert images.shape == (1, 3, 3, 42, 56)  # 3 views on a 3x4 patch grid: the position embedding is resized
+    with torch.no_grad():
+        out = net(images)
+        tokens = net.aggregator(images, {net.arch.depth - 1})[net.arch.depth - 1]
+    assert_close(tokens, io["last_tokens"])
+    for key in ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf"):
+        assert_close(out[key], io[key])
+    world2cam, K = decode_pose(out["pose_enc"], 42, 56)
+    assert_close(world2cam[..., :3, :], io["extrinsic"])
+    assert_close(K, io["intrinsic"])
+
+
+def tsv_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    rows = [line.split("\t") for line in path.read_text().splitlines()[1:] if line]
+    return {key: torch.empty([int(n) for n in shape.strip("()").split(",") if n.strip()], device="meta")
+            for key, shape, _ in rows}
+
+
+def test_released_state_dict_loads_strictly() -> None:
+    """The full-size listing (official ``VGGT()`` constructor) loads strictly once the tracking head is dropped."""
+    state = tsv_state_dict(TSV)
+    assert len(state) == 1797 and sum(v.numel() for v in state.values()) == 1_256_537_516
+    kept = drop_unused(state)
+    assert {k.split(".")[0] for k in set(state) - set(kept)} == {"track_head"}
+    with torch.device("meta"):
+        net = VggtNet(VggtArch())
+    assert set(net.state_dict()) == set(kept)
+    load_into(net, state=kept, source=TSV.name)
+    assert sum(p.numel() for p in net.parameters()) == sum(v.numel() for v in kept.values()) == 1_190_596_120
+    with pytest.raises(CheckpointError, match=r"1 missing: aggregator\.frame_blocks\.0\.attn\.q_norm\.weight"):
+        load_into(net, {k: v for k, v in kept.items() if k != "aggregator.frame_blocks.0.attn.q_norm.weight"}, "x")
+
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.makedirs, (self.marker,)
+
+
+def test_crafted_pickle_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    torch.save({"model": VggtNet(VggtArch(**{k: tuple(v) if isinstance(v, list) else v for k, v in TINY.items()}))
+                .state_dict(), "args": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        create_teacher(TEACHERS.config("vggt", checkpoint=str(tmp_path / "evil.pt"), **TINY))
+    assert not marker.exists()
+
+
+def test_missing_weights_say_how_to_provide_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CHECKPOINT_DIR_ENV, str(tmp_path))
+    with pytest.raises(CheckpointError) as err:
+        create_teacher(TEACHERS.config("vggt"))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("VGGT weights not found")
+    assert RELEASE_URL in msg and HUB_NAME in msg and "teacher.random_init=true" in msg
+
+
+def test_frame_transform_is_the_official_crop_preprocessing() -> None:
+    """Width 518, height round(h * 518 / w / 14) * 14 (bicubic), centre-cropped to 518 when taller."""
+    t = vggt_frame_transform(480, 640)
+    assert (t.resized, t.crop) == ((392, 518), (0, 0, 392, 518))  # 480 * 518 / 640 = 388.5 -> 392
+    t = vggt_frame_transform(640, 480)  # 690.7 -> 686 rows, 84 cropped above
+    assert (t.resized, t.crop) == ((686, 518), (84, 0, 518, 518))
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 80, 3), np.uint8)
+    t = vggt_frame_transform(64, 80)
+    expected = np.asarray(Image.fromarray(rgb).resize((518, 420), Image.Resampling.BICUBIC))
+    assert t.resized == (420, 518) and np.array_equal(t.image(rgb), expected)  # shrinking or not: bicubic
+    K = t.intrinsics(np.array([[50.0, 0, 40], [0, 50, 32], [0, 0, 1]]))
+    sx, sy = 518 / 80, 420 / 64  # pixel centres at integer coordinates: c' = (c + 1/2) s - 1/2
+    assert np.allclose(K[:2, :3], [[50 * sx, 0, 40.5 * sx - 0.5], [0, 50 * sy, 32.5 * sy - 0.5]])
+
+
+def test_teacher_reproduces_golden_outputs(tmp_path: Path) -> None:
+    """Folder with model.safetensors -> teacher -> the official outputs; depth points = depth unprojected through the
+    official decoded cameras; hash in the manifest."""
+    shutil.copy(GOLDEN / "vggt_tiny.weights_fp16.safetensors", tmp_path / "model.safetensors")
+    _, io = golden_net()
+    images = torch.from_numpy(io["images"][0])
+    for points in ("point_head", "depth"):
+        teacher = create_teacher(TEACHERS.config("vggt", checkpoint=str(tmp_path), points=points, device="cpu",
+                                                 **TINY))
+        assert isinstance(teacher, VggtTeacher) and teacher.gives_world_labels
+        out = teacher.predict_views(images)
+        assert_close(out["K"], io["intrinsic"][0])
+        world2cam = np.linalg.inv(out["cam2world"].double().numpy())
+        assert_close(torch.from_numpy(world2cam[:, :3]), io["extrinsic"][0])
+        if points == "point_head":
+            assert_close(out["pts_world"], io["world_points"][0])
+            assert_close(out["conf"], io["world_points_conf"][0])
+            continue
+        assert_close(out["conf"], io["depth_conf"][0])
+        for s in range(3):  # official convention: pixel (u, v) at integer coordinates, x_cam = (u - cx) z / fx
+            ext = np.vstack([io["extrinsic"][0, s], [0, 0, 0, 1]]).astype(np.float64)
+            cam = backproject_depth(io["depth"][0, s, ..., 0].astype(np.float64), io["intrinsic"][0, s])
+            assert_close(out["pts_world"][s], transform_points(np.linalg.inv(ext), cam), rtol=1e-4)
+    manifest = teacher.manifest()
+    assert manifest["checkpoint_sha256"] and manifest["random_init"] is False and manifest["points"] == "depth"
+    with pytest.raises(CheckpointError, match="expected 00ff"):
+        create_teacher(TEACHERS.config("vggt", checkpoint=str(tmp_path / "model.safetensors"), sha256="00ff", **TINY))
+
+
+def test_chunk_ranges() -> None:
+    assert chunk_ranges(10, 4, 1) == [(0, 4), (3, 7), (6, 10)]
+    assert chunk_ranges(12, 6, 2) == [(0, 6), (4, 10), (8, 12)]
+    assert chunk_ranges(3, 6, 2) == [(0, 3)]
+    with pytest.raises(ValueError, match="chunk_overlap"):
+        chunk_ranges(10, 4, 4)
+
+
+def _random_sim3(rng: np.random.Generator) -> tuple[float, np.ndarray, np.ndarray]:
+    q = rng.normal(size=4)
+    q /= np.linalg.norm(q)
+    w, x, y, z = q
+    R = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                  [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                  [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    return float(rng.uniform(0.3, 3.0)), R, rng.normal(size=3) * 2
+
+
+def test_stitching_recovers_one_frame(tiny_cfg) -> None:
+    """Chunks holding the synthetic scene's true world points, each in its own known Sim(3) frame, stitch into the
+    first chunk's frame, and anchoring to the dataset poses recovers the true points."""
+    from lit3d.data import load_scene
+
+    cfg = tiny_cfg()
+    scene = load_scene(cfg.data, cfg.cache_dir)
+    n = len(scene)
+    depth = np.stack([scene.read_depth(i) for i in range(n)]).astype(np.float64)
+    truth = np.stack([transform_points(scene.cam2world_N44[i], backproject_depth(depth[i], scene.K_N33[i]))
+                      for i in range(n)])
+    valid = depth > 0
+    rng = np.random.default_rng(0)
+    chunks, sims = [], []
+    for start, end in chunk_ranges(n, 6, 2):
+        frames = np.arange(start, end)
+        sims.append(_random_sim3(rng))
+        gt = ViewSet(frames, truth[frames], np.full(valid[frames].shape, 5.0), valid[frames],
+                     scene.cam2world_N44[frames].astype(np.float64))
+        chunks.append(gt.transformed(*sims[-1]))
+    assert len(chunks) >= 3
+    stitched = stitch(chunks)
+    assert np.array_equal(stitched.frames, np.arange(n)) and np.array_equal(stitched.valid_SHW, valid)
+    s0, R0, t0 = sims[0]
+    in_first = s0 * truth @ R0.T + t0
+    assert np.abs(stitched.pts_SHW3 - in_first)[valid].max() < 1e-6 * np.abs(in_first).max()
+    anchored, rms = anchor_to_poses(stitched, scene.cam2world_N44.astype(np.float64))
+    assert rms < 1e-6 and np.abs(anchored.pts_SHW3 - truth)[valid].max() < 1e-6
+    assert np.allclose(anchored.cam2world_S44, scene.cam2world_N44, atol=1e-6)
+    on_a_line = scene.cam2world_N44.astype(np.float64).copy()
+    on_a_line[:, :3, 3] = np.linspace(0, 1, n)[:, None] * [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="3 non-collinear dataset camera centres"):
+        anchor_to_poses(stitched, on_a_line)
+
+
+@pytest.mark.slow
+def test_labels_synthetic_scene_in_chunks_and_trains(tiny_cfg) -> None:
+    """Tiny random VGGT -> 3 chunks stitched and anchored to the poses -> label cache -> ``fit`` trains on it."""
+    from lit3d.cache import build_labels
+    from lit3d.fit import fit
+
+    cfg = tiny_cfg(*TINY_ARGS, "teacher.random_init=true", "teacher.image_width=56", "teacher.chunk_size=6",
+                   "teacher.chunk_overlap=2", "loss.name=mse")  # random-weight labels do not reproject
+    cache, summary = build_labels(cfg)
+    assert summary["pairs"] == 0 and summary["valid_fraction"] > 0.5
+    assert (summary["frame"], summary["unit"]) == ("dataset", "m")
+    manifest = json.loads(cache.manifest_path.read_text())
+    assert manifest["teacher"]["name"] == "vggt" and manifest["label_size"] == [42, 56]
+    assert len(chunk_ranges(len(cache.frames), 6, 2)) >= 2
+    frame = cache.load_frame(cache.frames[0])
+    assert frame["pts_world"].shape == (42, 56, 3) and np.isfinite(frame["pts_world"]).all()
+    metrics = fit(cfg)
+    assert np.isfinite(metrics["test/l2_mean"])
