@@ -22,8 +22,10 @@ from omegaconf.errors import OmegaConfBaseException
 from lit3d.cache.store import CacheError
 from lit3d.config import ConfigError, FitConfig, MissingPackageError, field_docs, help_text, load_config
 from lit3d.data.scene import SceneError
+from lit3d.teachers.dust3r.checkpoint import CheckpointError
 
-USER_ERRORS = (ConfigError, SceneError, CacheError, FileNotFoundError, ValueError, MissingPackageError)
+USER_ERRORS = (ConfigError, SceneError, CacheError, CheckpointError, FileNotFoundError, ValueError,
+               MissingPackageError)
 """Errors that are the user's input, not a bug: reported as one line, exit status 2."""
 
 COMMANDS = {

@@ -53,10 +53,11 @@ def test_reprojection_error_against_an_independent_projection():
 @pytest.mark.parametrize("weight_3d", [0.0, 1.0])
 def test_gradient_matches_finite_differences(weight_3d):
     pts, K, T = scene(B=1)
+    pts = pts[..., :5, :6].contiguous()  # a corner of the view (same K): few inputs keep finite differences fast
     g = torch.Generator().manual_seed(1)
     pred = (pts + 0.02 * torch.randn(pts.shape, generator=g, dtype=pts.dtype)).requires_grad_(True)
-    valid = torch.rand(1, H, W, generator=g) > 0.2
-    inside = torch.ones(1, H, W, dtype=torch.bool)
+    valid = torch.rand(1, 5, 6, generator=g) > 0.2
+    inside = torch.ones(1, 5, 6, dtype=torch.bool)
     cfg = LossConfig(weight_3d=weight_3d)
 
     def f(p):
