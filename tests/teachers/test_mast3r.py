@@ -16,6 +16,7 @@ from lit3d.teachers import OUTPUT_KEYS, TEACHERS, create_teacher
 from lit3d.teachers.dust3r import CheckpointError, load_into
 from lit3d.teachers.dust3r.checkpoint import CHECKPOINT_DIR_ENV
 from lit3d.teachers.mast3r import Mast3rArch, Mast3rNet, Mast3rTeacher, get_mast3r_preset, mast3r_arch_from_hub_config
+from state_tables import tsv_state_dict
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 TSV = GOLDEN / "mast3r_512_catmlpdpt_metric_state_dict.tsv"
@@ -55,12 +56,6 @@ def test_golden_conformance() -> None:
         for key in keys:
             assert_close(preds[pred][key], io[f"{pred}_{key}"])
     torch.testing.assert_close(preds["pred1"]["desc"].norm(dim=-1), torch.ones(2, 32, 48))
-
-
-def tsv_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    rows = [line.split("\t") for line in path.read_text().splitlines()[1:] if line]
-    return {key: torch.empty([int(n) for n in shape.strip("()").split(",") if n.strip()], device="meta")
-            for key, shape, _ in rows}
 
 
 def test_released_state_dict_loads_strictly() -> None:

@@ -21,6 +21,7 @@ from lit3d.teachers.vggt import VggtArch, VggtNet, VggtTeacher, decode_pose, vgg
 from lit3d.teachers.vggt.model import drop_unused
 from lit3d.teachers.vggt.stitch import ViewSet, anchor_to_poses, chunk_ranges, stitch
 from lit3d.teachers.vggt.teacher import HUB_NAME, RELEASE_URL
+from state_tables import tsv_state_dict
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 TSV = GOLDEN / "vggt_1b_state_dict.tsv"
@@ -59,12 +60,6 @@ def test_golden_conformance() -> None:
     world2cam, K = decode_pose(out["pose_enc"], 42, 56)
     assert_close(world2cam[..., :3, :], io["extrinsic"])
     assert_close(K, io["intrinsic"])
-
-
-def tsv_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    rows = [line.split("\t") for line in path.read_text().splitlines()[1:] if line]
-    return {key: torch.empty([int(n) for n in shape.strip("()").split(",") if n.strip()], device="meta")
-            for key, shape, _ in rows}
 
 
 def test_released_state_dict_loads_strictly() -> None:
