@@ -4,18 +4,21 @@
 ``key=value`` arguments: config keys (typed by :class:`lit3d.config.FitConfig`) and, for commands on a run
 directory, the command's own options (a typed dataclass, parsed by the same OmegaConf path:
 :func:`parse_options`). One error handler (:func:`command`): the user's mistakes (bad key or value, missing file,
-unreadable image) are one line on stderr and exit status 2; anything else is a bug and shows its traceback
-(exit 1), as does every error with ``--debug`` (or ``LIT3D_DEBUG=1``).
+unreadable image) and the machine's (a full disk, a read-only folder) are one line on stderr and exit status 2;
+anything else is a bug and shows its traceback (exit 1), as does every error with ``--debug`` (or ``LIT3D_DEBUG=1``).
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import errno
 import importlib
 import logging
 import os
 import sys
 from typing import Any, Callable, TypeVar
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -25,17 +28,22 @@ from lit3d.data.scene import SceneError
 from lit3d.teachers.dust3r.checkpoint import CheckpointError
 
 USER_ERRORS = (ConfigError, SceneError, CacheError, CheckpointError, FileNotFoundError, ValueError,
-               MissingPackageError)
-"""Errors that are the user's input, not a bug: reported as one line, exit status 2."""
+               MissingPackageError, MisconfigurationException)
+"""Errors that are the user's input, not a bug: reported as one line, exit status 2 (Lightning's
+MisconfigurationException: trainer.* settings this machine or Lightning cannot run)."""
+
+MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+"""OSErrors of the machine, not bugs: a full disk or quota, a read-only or forbidden folder (one line, exit 2)."""
 
 COMMANDS = {
     "fit": ("lit3d.fit", "label (if needed), train, test and report a student"),
     "label": ("lit3d.label", "build or complete the label cache of a scene"),
     "evaluate": ("lit3d.evaluate", "score a run on its test frames (points, localization, exports)"),
     "localize": ("lit3d.localize", "camera poses of new photos from a run or an exported student"),
+    "export-cameras": ("lit3d.export_cameras", "a label cache's cameras as a COLMAP model and a TUM trajectory"),
     "report": ("lit3d.report", "tables of many runs grouped by scene and config keys"),
     "sweep": ("lit3d.sweep", "an Optuna study of fit runs"),
-    "bench": ("lit3d.bench.__main__", "benchmarks: data, align, teacher, model"),
+    "bench": ("lit3d.bench.__main__", "benchmarks: data, align, teacher, model, label"),
 }
 """Subcommands of ``lit3d``: module with ``main(argv) -> int``, one-line description."""
 
@@ -47,8 +55,12 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def one_line(e: BaseException) -> str:
-    """The first line of an exception's message (its type when it has none)."""
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    """The first line of an exception's message (its type when it has none); for an error re-raised from a
+    DataLoader worker ("Caught X in DataLoader worker ...", then the worker's traceback) the worker's own message."""
+    lines = str(e).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "Original Traceback" in lines[1]:
+        return lines[-1].split(": ", 1)[-1]
+    return lines[0] if lines else type(e).__name__
 
 
 def command(name: str, body: Callable[[list[str]], int | None], argv: list[str] | None = None) -> int:
@@ -63,6 +75,11 @@ def command(name: str, body: Callable[[list[str]], int | None], argv: list[str] 
         if debug:
             raise
         logging.getLogger(name).error("%s", one_line(e))
+        return 2
+    except OSError as e:
+        if debug or e.errno not in MACHINE_ERRNOS:
+            raise
+        logging.getLogger(name).error("%s%s", e.strerror or one_line(e), f": {e.filename}" if e.filename else "")
         return 2
 
 
@@ -80,15 +97,25 @@ def run(name: str, main: Callable[[FitConfig], object], argv: list[str] | None =
     return command(name, body, argv)
 
 
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse for commands with flags (benchmarks): a bad option is a ConfigError (one line via
+    :func:`command`) instead of the usage text and SystemExit."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message} (--help lists the options)")
+
+
 def parse_options(argv: list[str], options_cls: type[T], positional: str, usage: str,
                   many: bool = False) -> tuple[list[str], T, list[str]]:
     """``(positionals, options, config overrides)`` of ``POSITIONAL... [option=value ...] [key=value ...]``.
 
     Arguments without ``=`` are positionals (one, or several with ``many``; ``positional=VALUE`` names one too);
     ``key=value`` whose key is a field of ``options_cls`` is typed through an OmegaConf structured config (wrong
-    types are ConfigErrors naming the key); any other ``key=value`` is returned as a config override.
+    types are ConfigErrors naming the key; a list field also takes ``a,b`` or one value without brackets); any
+    other ``key=value`` is returned as a config override.
     """
     fields = {f.name for f in dataclasses.fields(options_cls)}
+    lists = {f.name for f in dataclasses.fields(options_cls) if str(f.type).startswith(("list", "List"))}
     positionals, opts, overrides = [], [], []
     for arg in argv:
         key, eq, value = arg.partition("=")
@@ -96,6 +123,8 @@ def parse_options(argv: list[str], options_cls: type[T], positional: str, usage:
             positionals.append(arg)
         elif key == positional:
             positionals.append(value)
+        elif key in lists and not value.startswith("["):
+            opts.append(f"{key}=[{value}]")
         elif key in fields:
             opts.append(arg)
         else:

@@ -10,23 +10,28 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import re
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lit3d.align.config import AlignConfig
+from lit3d.data import FORMATS
 from lit3d.data.config import DataConfig
 from lit3d.data.splits import SPLIT_MODES
 from lit3d.pairs.config import PairsConfig
 from lit3d.registry import Registry, UnknownNameError
 from lit3d.students import STUDENTS
 from lit3d.students.config import StudentConfig
+from lit3d.students.encoders import encoder_names
 from lit3d.teachers import TEACHERS
 from lit3d.teachers.config import TeacherConfig
+from lit3d.teachers.dust3r import PRESETS as DUST3R_PRESETS
+from lit3d.teachers.mast3r import PRESETS as MAST3R_PRESETS
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -63,6 +68,14 @@ class LoaderConfig:
     crops); the focal length scales with it."""
     shift: float = 0.1
     """Geometric augmentation: principal-point shift uniform in +- this fraction of the image size."""
+    preload: str = "auto"
+    """Hold every frame in memory at the student resolution (``true``), read each item from the cache when it is
+    needed (``false``: caches larger than memory), or preload when the frames fit ``memory_budget_gb`` (``auto``)."""
+    memory_budget_gb: float = 0.0
+    """Memory that preloaded frames may take with ``preload=auto``, GiB; 0 = half the RAM available at start."""
+
+    def __post_init__(self) -> None:
+        self.preload = str(self.preload).lower()  # YAML / dot-list booleans arrive as 'True' / 'False'
 
 
 @dataclass
@@ -78,6 +91,10 @@ class OptimConfig:
     """Cosine schedule ends at ``lr * min_lr_ratio``."""
     conf_weighting: bool = False
     """Weight the MSE by the teacher's confidence (off in the paper)."""
+    grad_clip: float = 100.0
+    """Clip the gradient's global norm to this (Lightning's ``gradient_clip_val``); 0 = off (the paper's runs).
+    A guard against rare huge gradients that blow up Adam's state: at 96x128 the default student's norms are
+    15-80 in normal training, and 150 epochs on the 7-Scenes kitchen video diverged at epoch 56 without it."""
 
 
 @dataclass
@@ -157,7 +174,12 @@ class FitConfig:
 GROUPS: dict[str, Registry] = {"student": STUDENTS, "teacher": TEACHERS}
 """Config sections whose class depends on a registered name."""
 
-CHOICES: dict[str, tuple[str, ...]] = {
+LIGHTNING_PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true",
+                        "bf16-mixed", "32-true", "64-true", "64", "32", "16", "bf16")
+"""``trainer.precision`` values Lightning accepts (tests compare them with Lightning's own list)."""
+
+CHOICES: dict[str, tuple[str, ...] | Callable[[], list[str]]] = {
+    "data.format": FORMATS.names,
     "data.split": SPLIT_MODES,
     "loss.name": ("mse", "reprojection"),
     "loss.schedule": ("circle", "linear"),
@@ -167,18 +189,100 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "align.robust": ("none", "cauchy"),
     "align.known_pose_mode": ("fixed", "anchor", "ignore"),
     "align.on_disconnected": ("error", "components"),
+    "loader.preload": ("auto", "true", "false"),
+    "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
+    "trainer.precision": LIGHTNING_PRECISIONS,
     "trainer.logger": ("csv", "tensorboard", "wandb", "mlflow"),
+    "student.encoder": encoder_names,
+    "teacher.preset": (*DUST3R_PRESETS, *MAST3R_PRESETS),
+    "teacher.amp": ("bf16", "fp16", "none"),
+    "teacher.head_type": ("", "dpt", "linear", "catmlp+dpt"),
+    "teacher.points": ("depth", "point_head"),
 }
-"""Keys whose value is one of a few names, checked when a config loads (before any work starts)."""
+"""Keys whose value is one of a few names, checked when a config loads (before any work starts); a function: the
+names of a registry, read when checking (so components registered later count). ``student.*`` and ``teacher.*``
+keys apply to the components whose config has the field."""
+
+
+def choice_values(key: str) -> tuple[str, ...]:
+    """The valid values of ``CHOICES[key]`` now."""
+    valid = CHOICES[key]
+    return tuple(valid()) if callable(valid) else valid
+
+FREE_TEXT_KEYS: dict[str, str] = {
+    "experiment": "a name or a yaml path", "run_dir": "a path", "cache_dir": "a path", "data.root": "a path",
+    "data.intrinsics": "a path", "trainer.resume": "a path or last", "student.pretrained_file": "a path",
+    "student.weights_file": "a path", "teacher.path": "a path", "teacher.checkpoint": "a path or a hub name",
+    "teacher.sha256": "a hex digest", "student.name": "a registry name, checked at load",
+    "teacher.name": "a registry name, checked at load", "student.model_name": "a timm model name",
+    "align.device": "a torch device, parsed at load", "teacher.device": "a torch device, parsed at load",
+    "trainer.devices": "a count, a list of ids or auto", "trainer.strategy": "Lightning's open registry of strategies",
+}
+"""Text keys that are not a choice of names (paths, patterns, open registries), with what they hold: every text key
+of every config class is here or in CHOICES (a test checks), so a new choice field cannot go unchecked."""
+
+PATTERNS: dict[str, tuple[str, str]] = {
+    "pairs.graph": (r"complete|covis|(swin|logwin)(-\d+(-noncyclic)?)?|oneref(-\d+)?",
+                    "complete, covis, swin-K, logwin-K (K: a number; -noncyclic after it), oneref-R"),
+}
+"""Text keys of a fixed form: (regular expression of the whole value, what it allows), checked at load."""
+
+DEVICE_KEYS = ("align.device", "teacher.device")
+"""Keys naming a torch device ('' or auto: the default placement): parsed at load. Whether the device exists is
+checked where it is used (a config trained on a GPU must still load on a CPU machine for evaluation)."""
+
+AT_LEAST: dict[str, float] = {
+    "data.stride": 1, "data.max_frames": 0, "data.test_every": 0, "data.val_every": 0, "data.num_frames": 0,
+    "data.test_path_frames": 0, "data.resolution": 1, "loader.resolution": 1, "loader.batch_size": 1,
+    "loader.num_workers": 0, "loader.memory_budget_gb": 0, "loader.color_jitter": 0,
+    "optim.lr": 0, "optim.weight_decay": 0, "optim.warmup_epochs": 0, "optim.min_lr_ratio": 0, "optim.grad_clip": 0,
+    "trainer.max_epochs": 1, "trainer.num_nodes": 1, "trainer.log_every_n_steps": 1,
+    "trainer.check_val_every_n_epoch": 1,
+}
+"""Numeric keys and their smallest valid value (lists: every element), checked at load."""
+
+PAIRS = ("data.resolution", "loader.resolution")
+"""List keys that hold exactly two values (H, W). (The geometric augmentation's ranges are checked with
+``loader.geometric`` on, by :func:`lit3d.cache.datamodule.geometric_augmentation`: off, they do not matter.)"""
+
+
+def _value(cfg: "FitConfig", key: str) -> tuple[bool, Any]:
+    """``(present, value)`` of a dotted key (``student.*`` / ``teacher.*`` fields exist for some components only)."""
+    section, name = key.split(".")
+    obj = getattr(cfg, section)
+    return hasattr(obj, name), getattr(obj, name, None)
 
 
 def check_choices(cfg: "FitConfig") -> None:
-    """Raise ConfigError for the first key of ``CHOICES`` whose value is not one of its names."""
-    for key, valid in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value not in valid:
+    """Raise ConfigError for the first key of ``CHOICES`` whose value is not one of its names, then for the first
+    value of another form than ``PATTERNS`` asks, unparseable device (``DEVICE_KEYS``) and value out of range
+    (``AT_LEAST``, ``PAIRS``)."""
+    import torch
+
+    for key in CHOICES:
+        present, value = _value(cfg, key)
+        valid = choice_values(key)
+        if present and value not in valid:
             raise ConfigError(f"invalid value for '{key}': {value!r}; valid values: {', '.join(valid)}")
+    for key, (pattern, what) in PATTERNS.items():
+        present, value = _value(cfg, key)
+        if present and not re.fullmatch(pattern, value):
+            raise ConfigError(f"invalid value for '{key}': {value!r}; valid values: {what}")
+    for key in DEVICE_KEYS:
+        present, value = _value(cfg, key)
+        try:
+            if present and value not in ("", "auto"):
+                torch.device(value)
+        except RuntimeError:
+            raise ConfigError(f"invalid value for '{key}': {value!r}; valid values: auto, cpu, cuda, cuda:N") from None
+    for key in PAIRS:
+        present, value = _value(cfg, key)
+        if present and len(value) != 2:
+            raise ConfigError(f"invalid value for '{key}': {list(value)}; it takes two values")
+    for key, low in AT_LEAST.items():
+        present, value = _value(cfg, key)
+        if present and any(v < low for v in (value if isinstance(value, list) else [value])):
+            raise ConfigError(f"invalid value for '{key}': {value}; it must be >= {low:g}")
 
 
 def _experiment_yaml(name: str) -> DictConfig:

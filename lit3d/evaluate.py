@@ -16,6 +16,7 @@ pieces (frames, predictions, errors, localization) live in :mod:`lit3d.runs`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -30,6 +31,7 @@ from lit3d.metrics.coverage import generalisation, summarize_generalisation
 from lit3d.metrics.localization import choose_setting, tuning_grid
 from lit3d.runs import (Frames, checkpoint_path, default_reprojection_px, labels_to_gt, load_frames, localize_frames,
                         merge_metrics, nearest_rigid, point_errors, pose_to_gt, resolve_device, run_config, write_csv)
+from lit3d.students.checkpoints import CheckpointFileError
 from lit3d.students.module import StudentModule
 
 __all__ = ["EvalOptions", "evaluate_run", "labels_to_gt", "main", "nearest_rigid", "parse_args", "pose_to_gt",
@@ -69,20 +71,20 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
     """Evaluate a run directory (see module doc); returns the evaluation's metrics (also merged into metrics.json)."""
     opt = options or EvalOptions()
     run_dir = Path(run_dir)
+    device = resolve_device(opt.device)  # a device this machine lacks fails before any work
     cfg = run_config(run_dir, overrides)
     ckpt = checkpoint_path(run_dir, opt.checkpoint)
     module = StudentModule.load(ckpt)
+    check_run_student(module, cfg, ckpt)
     size = tuple(module.hparams.img_size)
-    if size != tuple(cfg.loader.resolution):
-        raise ValueError(f"the checkpoint's student takes {size}, not loader.resolution={cfg.loader.resolution}")
     cache, _ = build_labels(cfg)
     names = cache.split.get(opt.split) or []
     if not names:
         raise ValueError(f"label cache {cache.root} has no {opt.split!r} frames")
     info = cache.labels_info
     log.info("evaluating %s (%s) on %d %s frames of %s", run_dir, ckpt.name, len(names), opt.split, cache.root)
-    device = resolve_device(opt.device)
     fr = load_frames(cache, names, module, cfg.loader.batch_size, device)
+    check_finite_predictions(fr, ckpt, opt.split)
     S_44, alignment = (labels_to_gt(cache, cache.split.get("train") or names) if fr.gt_valid_NHW.any()
                        else (None, "none (no depth and poses)"))
     loc = {"reprojection_px": opt.reprojection_px or default_reprojection_px(size[1]), "iterations": 1000,
@@ -105,6 +107,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
         "eval/device": str(device), "eval/gt_alignment": alignment, "eval/labels_frame": info.get("frame"),
         "eval/labels_unit": info.get("unit"),
     })
+    check_finite_metrics(metrics, ckpt)
     write_csv(run_dir / "eval_frames.csv", [{"frame": n, **e, **p, **g}
                                              for n, e, p, g in zip(names, err_rows, loc_rows, gen_rows)])
     _figures(run_dir, fr, S_44, loc_rows, poses, opt.figure_frames)
@@ -122,6 +125,37 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
                                                           "min_train_deg_median")),
                  100 * metrics.get("gen/coverage_mean", nan))
     return metrics
+
+
+def check_run_student(module: StudentModule, cfg, ckpt: Path) -> None:
+    """The checkpoint must hold the run's student (name, settings and input size): scores of another student would
+    be merged into this run's metrics.json as its own."""
+    theirs, ours = dict(module.hparams.student), dataclasses.asdict(cfg.student)
+    differ = [k for k in ours if k in theirs and theirs[k] != ours[k]]
+    if differ:
+        k = differ[0]
+        raise CheckpointFileError(f"checkpoint {ckpt} holds another student than the run's config.yaml "
+                                  f"(student.{k}={theirs[k]!r} there, {ours[k]!r} here); evaluate it in its own run")
+    size = tuple(module.hparams.img_size)
+    if size != tuple(cfg.loader.resolution):
+        raise ValueError(f"the checkpoint's student takes {size}, not loader.resolution={cfg.loader.resolution}")
+
+
+def check_finite_predictions(fr: Frames, ckpt: Path, split: str) -> None:
+    """Non-finite student points (corrupt weights, a diverged training) are an error, not NaN metrics."""
+    bad = ~np.isfinite(fr.student_NHW3).all(axis=(1, 2, 3))
+    if bad.any():
+        raise ValueError(f"checkpoint {ckpt}: the student predicts non-finite points on {int(bad.sum())} of "
+                         f"{len(bad)} {split} frames (e.g. {fr.names[int(np.argmax(bad))]}): corrupt weights or a "
+                         f"diverged training")
+
+
+def check_finite_metrics(metrics: dict, ckpt: Path) -> None:
+    """Every numeric ``eval/*`` metric must be finite (NaN would be written, and reported, as a score)."""
+    bad = [k for k, v in metrics.items() if k.startswith("eval/") and isinstance(v, float) and not np.isfinite(v)]
+    if bad:
+        raise ValueError(f"evaluating {ckpt} gave non-finite {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}; "
+                         f"nothing was written")
 
 
 def tune_localization(run_dir: Path, cache: LabelCache, module: StudentModule, batch_size: int, device,

@@ -1,10 +1,12 @@
 """``python -m lit3d.fit [experiment=NAME] [key=value ...]``: label (if needed), train, test, report.
 
-``fit(cfg) -> metrics`` is the one entry that the CLI, sweeps and notebooks share.
+``fit(cfg) -> metrics`` is the one entry that the CLI, sweeps and notebooks share. One process at a time owns a run
+directory (``run_dir/.lock``); a directory that already holds a run is refused unless the run is resumed
+(``trainer.resume``), which keeps the earlier epochs' rows of ``metrics.csv``. Checkpoints are written whole with a
+SHA-256 sidecar and verified when loaded (:mod:`lit3d.students.checkpoints`).
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -12,64 +14,81 @@ from datetime import datetime
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from lit3d.cache import build_labels
 from lit3d.cache.datamodule import PointmapDataModule, check_poses_describe_labels
 from lit3d.cache.store import write_json
-from lit3d.config import FitConfig, MissingPackageError, to_yaml
+from lit3d.config import ConfigError, FitConfig, TrainerConfig, to_yaml
 from lit3d.data.io import atomic_write_bytes
+from lit3d.locks import is_launched_worker
+from lit3d.loggers import make_logger
+from lit3d.runs import check_run_dir_free, run_dir_lock, writing
 from lit3d.students import model_size
+from lit3d.students.checkpoints import (CheckpointFileError, VerifiedCheckpointIO, check_same_student,
+                                        load_checkpoint)
 from lit3d.students.module import StudentModule
 
 log = logging.getLogger("lit3d.fit")
 
 
 def default_run_dir(cfg: FitConfig) -> Path:
-    return Path("runs") / cfg.experiment / datetime.now().strftime("%Y%m%d-%H%M%S")
+    """``runs/<experiment>/<timestamp>``, with a ``-N`` suffix when two runs start within one second."""
+    base = Path("runs") / cfg.experiment / datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, k = base, 1
+    while path.exists():
+        path, k = base.with_name(f"{base.name}-{k}"), k + 1
+    return path
 
 
-LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
-"""``trainer.logger`` -> the package it needs (csv needs none)."""
+def check_accelerator(t: TrainerConfig) -> None:
+    """``trainer.accelerator=gpu|cuda`` on a machine without a CUDA GPU is a ConfigError (before any labelling)."""
+    if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={t.accelerator}: no CUDA GPU is available here "
+                          f"(use trainer.accelerator=cpu or auto)")
 
 
-def make_logger(name: str, run_dir: Path, experiment: str) -> Logger:
-    """The Lightning logger ``trainer.logger`` names, writing under ``run_dir`` (wandb: offline unless
-    ``WANDB_MODE`` says otherwise; mlflow: a file store in ``run_dir/mlruns`` unless ``MLFLOW_TRACKING_URI`` is set).
-    A logger whose package is missing is an error naming it, never a silent fallback."""
-    import importlib.util
-    import os
-
-    package = LOGGER_PACKAGES.get(name)
-    if package and importlib.util.find_spec(package) is None:
-        raise MissingPackageError(f"trainer.logger={name} needs the {package} package (pip install {package})")
-    if name == "tensorboard":
-        return TensorBoardLogger(run_dir, name="", version="tensorboard")
-    if name == "wandb":
-        from lightning.pytorch.loggers import WandbLogger
-
-        return WandbLogger(name=run_dir.name, project=experiment, save_dir=str(run_dir),
-                           offline=os.environ.get("WANDB_MODE", "offline") == "offline")
-    if name == "mlflow":
-        from lightning.pytorch.loggers import MLFlowLogger
-
-        return MLFlowLogger(experiment_name=experiment, run_name=run_dir.name,
-                            tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", (run_dir / "mlruns").resolve().as_uri()))
-    return CSVLogger(run_dir, name="", version="")
+def resume_checkpoint(cfg: FitConfig, run_dir: Path) -> tuple[str | None, dict | None]:
+    """``(path, checkpoint)`` that ``trainer.resume`` names, verified and checked against the configured student
+    (name and input size; the weights are compared once the student is built); ``(None, None)`` without resume."""
+    if not cfg.trainer.resume:
+        return None, None
+    path = run_dir / "checkpoints" / "last.ckpt" if cfg.trainer.resume == "last" else Path(cfg.trainer.resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"trainer.resume={cfg.trainer.resume}: no checkpoint {path} to resume from")
+    ckpt = load_checkpoint(path)
+    hparams = ckpt.get("hyper_parameters", {})
+    theirs = (hparams.get("student", {}).get("name"), list(hparams.get("img_size", [])))
+    ours = (cfg.student.name, list(cfg.loader.resolution))
+    if theirs != ours:
+        raise CheckpointFileError(f"checkpoint {path} holds a {theirs[0]} student at {theirs[1]}, this config a "
+                                  f"{ours[0]} at loader.resolution={ours[1]}: resume with the config it was trained "
+                                  f"with, or choose another run_dir")
+    return str(path), ckpt
 
 
 def fit(cfg: FitConfig, callbacks: list | None = None, trainer_kwargs: dict | None = None) -> dict[str, float]:
     """Train ``cfg.student`` on the labels of ``cfg`` (built on demand) and return the test metrics.
 
-    Writes into ``cfg.run_dir``: config.yaml, checkpoints/, metrics.csv (the logger's), metrics.json, figures.
+    Writes into ``cfg.run_dir``: config.yaml, checkpoints/ (with .sha256 sidecars), metrics.csv (the logger's),
+    metrics.json, figures. Holds ``run_dir/.lock`` meanwhile, and refuses a run directory that holds a run unless
+    ``trainer.resume`` continues it.
     """
-    t0 = time.perf_counter()
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     cfg.run_dir = str(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(run_dir / "config.yaml", to_yaml(cfg).encode())
-    logger = make_logger(cfg.trainer.logger, run_dir, cfg.experiment)  # a missing package fails before labelling
+    if is_launched_worker():  # DDP ranks > 0 re-run this script in rank 0's locked run directory
+        return _fit(cfg, run_dir, callbacks, trainer_kwargs)
+    with run_dir_lock(run_dir):
+        check_run_dir_free(run_dir, cfg.trainer.resume)
+        return _fit(cfg, run_dir, callbacks, trainer_kwargs)
+
+
+def _fit(cfg: FitConfig, run_dir: Path, callbacks: list | None, trainer_kwargs: dict | None) -> dict[str, float]:
+    t0 = time.perf_counter()
+    check_accelerator(cfg.trainer)
+    resume, resumed = resume_checkpoint(cfg, run_dir)  # a bad checkpoint fails before labelling
+    logger = make_logger(cfg.trainer.logger, run_dir, cfg.experiment, resumed)  # a missing package too
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     cache, label_summary = build_labels(cfg)
@@ -77,8 +96,12 @@ def fit(cfg: FitConfig, callbacks: list | None = None, trainer_kwargs: dict | No
     if cfg.loss.name == "reprojection":
         check_poses_describe_labels(cache, cache.split["train"])
     module = StudentModule.from_config(cfg, dm.train_stats())
+    if resumed is not None:
+        check_same_student(module, resumed, resume)
     size = model_size(module.student)
     log.info("student %s: %.3f M parameters, %.2f MB", cfg.student.name, size["params"] / 1e6, size["size_mb"])
+    with writing(run_dir / "config.yaml"):  # after the checks: it describes the weights
+        atomic_write_bytes(run_dir / "config.yaml", to_yaml(cfg).encode())
 
     t = cfg.trainer
     has_val = len(cache.split.get("val", [])) > 0
@@ -88,11 +111,11 @@ def fit(cfg: FitConfig, callbacks: list | None = None, trainer_kwargs: dict | No
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, precision=t.precision, logger=logger, log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=t.check_val_every_n_epoch, enable_progress_bar=t.enable_progress_bar,
-        deterministic=t.deterministic,
+        deterministic=t.deterministic, gradient_clip_val=cfg.optim.grad_clip or None,
+        gradient_clip_algorithm="norm", plugins=[VerifiedCheckpointIO()],
         callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch"), *(callbacks or [])], default_root_dir=run_dir,
         **(trainer_kwargs or {}),
     )
-    resume = str(run_dir / "checkpoints" / "last.ckpt") if t.resume == "last" else (t.resume or None)
     t_train = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     fit_s = time.perf_counter() - t_train
@@ -103,7 +126,8 @@ def fit(cfg: FitConfig, callbacks: list | None = None, trainer_kwargs: dict | No
                     "time/total_s": time.perf_counter() - t0, "labels/unit": label_summary.get("unit"),
                     "labels/frame": label_summary.get("frame"), "labels/cache": str(cache.root)})
     if trainer.global_rank == 0:
-        write_json(run_dir / "metrics.json", metrics)
+        with writing(run_dir / "metrics.json"):
+            write_json(run_dir / "metrics.json", metrics)
         _figures(run_dir, module, dm, best)
         log.info("run %s: test/l2_mean %.4f vs baseline/l2_mean %.4f (%s), fit %.0f s", run_dir,
                  metrics.get("test/l2_mean", float("nan")), metrics.get("baseline/l2_mean", float("nan")),

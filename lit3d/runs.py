@@ -11,6 +11,7 @@ frame when the labels are elsewhere (DUSt3R-aligned caches), so errors against g
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -18,7 +19,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -26,8 +27,9 @@ from omegaconf import OmegaConf
 
 from lit3d.cache.datamodule import resize_frame
 from lit3d.cache.store import LabelCache, write_json
-from lit3d.config import FitConfig, from_yaml, load_config
+from lit3d.config import ConfigError, FitConfig, from_yaml, load_config
 from lit3d.data.io import atomic_write_bytes
+from lit3d.locks import LockBusy, file_lock
 from lit3d.geometry import backproject_depth, nearest_rotation, transform_points, umeyama_sim3
 from lit3d.metrics.localization import localize, pose_errors, summarize
 from lit3d.metrics.pointmap import error_summary
@@ -37,6 +39,49 @@ log = logging.getLogger(__name__)
 
 RANSAC_PX_AT_640 = 10.0
 """Default RANSAC inlier threshold: 10 px at 640 px image width (DSAC*/ACE), scaled to the student's width."""
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used: in use by another process, holding a run, or with unreadable files."""
+
+
+# --- ownership ----------------------------------------------------------------------------------------------------
+RUN_OUTPUTS = ("checkpoints/*.ckpt", "metrics.json", "metrics.csv")
+"""What a started training leaves in its run directory (glob patterns): a directory with any of them holds a run
+(config.yaml alone does not: a run that failed before training left no results)."""
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` for the block; another process holding it is a RunDirError naming the directory and
+    the holder (pid, host, command, start time)."""
+    try:
+        with file_lock(Path(run_dir) / ".lock", f"run directory {run_dir}", wait=False):
+            yield
+    except LockBusy as e:
+        raise RunDirError(f"{e}; wait for it, or choose another run_dir") from None
+
+
+def check_run_dir_free(run_dir: str | Path, resume: str) -> None:
+    """Refuse to start a new run in a directory that holds one (:data:`RUN_OUTPUTS`): a rerun would mix or
+    overwrite its results. Resuming (``trainer.resume``) continues it instead."""
+    run_dir = Path(run_dir)
+    found = [n for n in RUN_OUTPUTS if any(run_dir.glob(n))]
+    if not found or resume:
+        return
+    how = ("resume it with trainer.resume=last" if (run_dir / "checkpoints" / "last.ckpt").is_file()
+           else "it has no checkpoints/last.ckpt to resume from; delete it")
+    raise RunDirError(f"run directory {run_dir} already holds a run ({', '.join(found)}); {how}, or choose another "
+                      f"run_dir")
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """An OSError in the block (full disk, read-only folder) becomes a one-line RunDirError naming ``path``."""
+    try:
+        yield
+    except OSError as e:
+        raise RunDirError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 # --- lookup -------------------------------------------------------------------------------------------------------
@@ -71,9 +116,17 @@ def load_student(run_dir: str | Path, which: str = "best") -> StudentModule:
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
-    """The run's ``metrics.json`` ({} when it has none yet)."""
+    """The run's ``metrics.json`` ({} when it has none yet); an unreadable one is a RunDirError naming it."""
     path = Path(run_dir) / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{path} is unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(metrics, dict):
+        raise RunDirError(f"{path} is not a JSON object of metrics")
+    return metrics
 
 
 def merge_metrics(run_dir: str | Path, metrics: dict, replaced: tuple[str, ...]) -> None:
@@ -128,8 +181,16 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def raw_config(run_dir: str | Path) -> dict[str, Any]:
-    """The run's config.yaml as written (plain data: old runs load whatever the config keys are now)."""
-    return OmegaConf.to_container(OmegaConf.load(Path(run_dir) / "config.yaml"))
+    """The run's config.yaml as written (plain data: old runs load whatever the config keys are now); an unreadable
+    one is a RunDirError naming it."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as e:  # OSError, yaml syntax, OmegaConf's grammar: all mean the file is damaged
+        raise RunDirError(f"{path} is unreadable ({type(e).__name__}: {str(e).strip().splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise RunDirError(f"{path} is not a YAML mapping of config keys")
+    return config
 
 
 def write_csv(path: str | Path, rows: list[dict]) -> None:
@@ -174,11 +235,20 @@ def open_run(run_dir: str | Path, checkpoint: str = "best", cache_dir: str | Pat
 
 
 # --- prediction ---------------------------------------------------------------------------------------------------
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+def resolve_device(name: str = "auto", key: str = "device") -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; a name torch does not know, or
+    CUDA without a GPU, is a ConfigError naming ``key``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"invalid value for '{key}': {name!r}; valid values: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}={name}: no CUDA GPU is available here (use {key}=cpu or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"{key}={name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
 
 
 def default_reprojection_px(width: int) -> float:

@@ -6,17 +6,10 @@ from pathlib import Path
 import pytest
 
 from lit3d.config import FitConfig, load_config
+from testkit import TINY, TINY_VIT
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SEVEN_SCENES_SAMPLE = SHARED / "data" / "7scenes-kitchen-sample"
-
-TINY = [
-    "data.num_frames=16", "data.resolution=[24,32]", "data.test_every=4", "data.val_every=4", "data.test_path_frames=4",
-    "loader.resolution=[24,32]", "loader.batch_size=4", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-    "trainer.check_val_every_n_epoch=1",
-]
-TINY_VIT = ["student=vit", "student.depth=1", "student.latent_dim=32", "student.num_heads=2", "student.patch_size=8"]
-
 
 @pytest.fixture
 def tiny_cfg(tmp_path):

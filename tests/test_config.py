@@ -1,7 +1,12 @@
+import dataclasses
+import re
+
 import pytest
 
-from lit3d.config import CHOICES, ConfigError, from_yaml, help_text, load_config, to_yaml
+from lit3d.config import (CHOICES, FREE_TEXT_KEYS, LIGHTNING_PRECISIONS, PATTERNS, ConfigError, FitConfig,
+                          choice_values, from_yaml, help_text, load_config, to_yaml)
 from lit3d.students import STUDENTS
+from lit3d.teachers import TEACHERS
 from lit3d.students.vit import ViTConfig
 
 
@@ -50,8 +55,80 @@ def test_yaml_round_trip_and_help(tmp_path):
     assert f"students: {', '.join(STUDENTS.names())}" in text
 
 
+def _components(section: str) -> list[tuple[str, type]]:
+    """(registered name, config class) of every student or teacher."""
+    registry = {"student": STUDENTS, "teacher": TEACHERS}[section]
+    return [(name, registry.get(name).config_cls) for name in registry.names()]
+
+
+def _with_component(key: str) -> list[str]:
+    """``student=NAME`` / ``teacher=NAME`` of the first component whose config has the field ``key`` names."""
+    section, name = key.split(".")
+    if section not in ("student", "teacher"):
+        return []
+    return [next(f"{section}={n}" for n, cls in _components(section) if name in {f.name for f in dataclasses.fields(cls)})]
+
+
 @pytest.mark.parametrize("key", sorted(CHOICES))
 def test_choice_typos_are_errors_at_load_listing_the_valid_values(key):
-    load_config([f"{key}={CHOICES[key][-1]}"])  # every listed value is accepted
-    with pytest.raises(ConfigError, match=rf"invalid value for '{key}': 'typo'; valid values: {', '.join(CHOICES[key])}"):
-        load_config([f"{key}=typo"])
+    component = _with_component(key)
+    load_config([*component, f"{key}={choice_values(key)[-1]}"])  # every listed value is accepted
+    with pytest.raises(ConfigError, match=rf"invalid value for '{key}': 'typo'; valid values: {re.escape(', '.join(choice_values(key)))}"):
+        load_config([*component, f"{key}=typo"])
+
+
+def _text_keys() -> set[str]:
+    """Dotted keys of every text (or Any) field of FitConfig's sections and of every student and teacher config."""
+    keys = set()
+    for f in dataclasses.fields(FitConfig):
+        value = getattr(FitConfig(), f.name)
+        if f.name in ("student", "teacher"):
+            classes = [cls for _, cls in _components(f.name)]
+        elif dataclasses.is_dataclass(value):
+            classes = [type(value)]
+        else:
+            keys.add(f.name) if f.type in ("str", "Any") else None
+            continue
+        keys |= {f"{f.name}.{g.name}" for cls in classes for g in dataclasses.fields(cls) if g.type in ("str", "Any")}
+    return keys
+
+
+def test_every_text_field_is_a_checked_choice_or_declared_free_text():
+    """A new text field must be added to CHOICES (or PATTERNS) when it names one of a few values, so its typos fail
+    at load and not after the teacher ran; or to FREE_TEXT_KEYS (paths, open registries) with what it holds."""
+    keys = _text_keys()
+    assert len(keys) > 30  # the walk found the fields
+    declared = set(CHOICES) | set(PATTERNS) | set(FREE_TEXT_KEYS)
+    assert keys - declared == set(), "text fields without a CHOICES, PATTERNS or FREE_TEXT_KEYS entry"
+    assert declared - keys == set(), "entries for fields that do not exist"
+    assert not set(CHOICES) & set(FREE_TEXT_KEYS)
+
+
+def test_precisions_are_lightnings():
+    import typing
+
+    from lightning.fabric.connector import _PRECISION_INPUT
+
+    lightning = {str(v) for alias in typing.get_args(_PRECISION_INPUT) for v in typing.get_args(alias)}
+    assert set(LIGHTNING_PRECISIONS) <= lightning
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("loader.resolution=[0,5]", "invalid value for 'loader.resolution': [0, 5]; it must be >= 1"),
+    ("loader.resolution=[96]", "invalid value for 'loader.resolution': [96]; it takes two values"),
+    ("data.stride=0", "invalid value for 'data.stride': 0; it must be >= 1"),
+    ("trainer.max_epochs=-1", "invalid value for 'trainer.max_epochs': -1; it must be >= 1"),
+    ("loader.batch_size=0", "invalid value for 'loader.batch_size': 0; it must be >= 1"),
+    ("pairs.graph=swn-3", "invalid value for 'pairs.graph': 'swn-3'; valid values: complete, covis, swin-K"),
+    ("align.device=cdua", "invalid value for 'align.device': 'cdua'; valid values: auto, cpu, cuda, cuda:N"),
+])
+def test_out_of_range_and_malformed_values_name_their_key_at_load(arg, message):
+    with pytest.raises(ConfigError) as e:
+        load_config([arg])
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_valid_forms_load():
+    for arg in ("pairs.graph=swin-5-noncyclic", "pairs.graph=logwin", "pairs.graph=oneref-3", "align.device=cuda:1",
+                "data.test_every=0", "trainer.precision=bf16-mixed"):
+        load_config([arg])

@@ -17,6 +17,7 @@ from lit3d.export import read_ply
 from lit3d.fit import fit
 from lit3d.geometry import look_at, transform_points
 from lit3d.metrics.localization import choose_setting, localize, pose_errors, tuning_grid
+from testkit import one_line_error
 
 LOC_KEYS = ("acc_2cm2deg", "acc_5cm5deg", "acc_10cm10deg", "median_t_cm", "median_r_deg", "inlier_ratio",
             "time_ms_per_frame", "failure_rate")
@@ -153,3 +154,62 @@ def test_evaluate_a_tiny_run(tiny_cfg, caplog, monkeypatch):
         float(best["reprojection_px"]), float(best["iterations"]), best["refine"])
     with pytest.raises(ValueError, match="tune=true needs validation frames"):
         evaluate_run(run, ["data.val_every=0"], EvalOptions(tune=True, exports=False, figure_frames=1))
+
+
+def test_a_device_this_machine_lacks_is_one_line_before_any_work(tmp_path, caplog):
+    import torch
+
+    assert "invalid value for 'device': 'gpu0'" in one_line_error(caplog, main, [str(tmp_path / "missing"), "device=gpu0"])
+    if not torch.cuda.is_available():
+        assert "device=cuda: no CUDA GPU is available here" in one_line_error(
+            caplog, main, [str(tmp_path / "missing"), "device=cuda"])
+
+
+@pytest.mark.slow
+def test_corrupt_foreign_and_non_finite_checkpoints_are_one_line_errors(tiny_cfg, tmp_path, caplog):
+    import shutil
+
+    import torch
+
+    from lit3d.students.checkpoints import sidecar, write_checkpoint
+
+    cfg = tiny_cfg()
+    fit(cfg)
+    run = Path(cfg.run_dir)
+    best = run / "checkpoints" / "best.ckpt"
+    assert sidecar(best).is_file()
+    metrics_before = (run / "metrics.json").read_text()
+
+    def copy(name: str, data: bytes, with_sidecar: bool) -> Path:
+        path = tmp_path / name
+        path.write_bytes(data)
+        if with_sidecar:
+            shutil.copy(sidecar(best), sidecar(path))
+        return path
+
+    data = best.read_bytes()
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10  # one bit of the weights: evaluated to NaN metrics with exit 0 before
+    cases = {copy("flipped.ckpt", bytes(flipped), True): "is corrupt: its SHA-256 does not match",
+             copy("truncated.ckpt", data[: len(data) // 3], False): "is unreadable",
+             copy("random.ckpt", np.random.default_rng(0).bytes(5000), False): "is unreadable"}
+    for path, what in cases.items():
+        assert f"checkpoint {path} {what}" in one_line_error(caplog, main, [str(run), f"checkpoint={path}", "exports=false"])
+
+    # a checkpoint whose weights are not finite (verified file, diverged training): an error, not NaN metrics
+    ckpt = torch.load(best, weights_only=False)
+    ckpt["state_dict"] = {k: v.fill_(float("nan")) if v.is_floating_point() else v
+                          for k, v in ckpt["state_dict"].items()}
+    nan_ckpt = tmp_path / "nan.ckpt"
+    torch.save(ckpt, nan_ckpt)
+    write_checkpoint(nan_ckpt, nan_ckpt.read_bytes())
+    assert "the student predicts non-finite points on" in one_line_error(
+        caplog, main, [str(run), f"checkpoint={nan_ckpt}", "exports=false"])
+
+    # another student's checkpoint (same cache and input size)
+    other = tiny_cfg("student=vanilla_cnn", "student.channels=[4,4,8,8,8,8]", f"run_dir={tmp_path / 'other'}")
+    fit(other)
+    foreign = tmp_path / "other" / "checkpoints" / "best.ckpt"
+    assert f"checkpoint {foreign} holds another student than the run's config.yaml (student.name='vanilla_cnn' " \
+           f"there, 'vit' here)" in one_line_error(caplog, main, [str(run), f"checkpoint={foreign}", "exports=false"])
+    assert (run / "metrics.json").read_text() == metrics_before and not (run / "eval_frames.csv").exists()

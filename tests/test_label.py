@@ -87,21 +87,42 @@ def test_killed_during_teacher_inference(tmp_path, reference, monkeypatch):
     assert_same_cache(cache, reference)
 
 
-def test_killed_during_alignment(tmp_path, reference, monkeypatch):
-    def die(*args, **kwargs):
-        raise Killed
+def count_written(monkeypatch) -> list[str]:
+    """Names of the frames ``LabelCache.write_frames`` writes from now on."""
+    written, write_frames = [], LabelCache.write_frames
 
-    monkeypatch.setattr(build, "align_predictions", die)
+    def counting(self, frames):
+        written.extend(frames)
+        write_frames(self, frames)
+
+    monkeypatch.setattr(LabelCache, "write_frames", counting)
+    return written
+
+
+def test_killed_during_alignment_keeps_the_frames_fused_so_far(tmp_path, reference, monkeypatch):
+    """known_poses fuses and commits frame by frame: a kill mid-way keeps the committed frames."""
+    monkeypatch.setattr(build, "FRAMES_PER_COMMIT", 4)
+    fuse = build.KnownPoseFusion.fuse
+
+    def die_at_frame_10(self, frame):
+        if frame == 10:
+            raise Killed
+        return fuse(self, frame)
+
+    monkeypatch.setattr(build.KnownPoseFusion, "fuse", die_at_frame_10)
     with pytest.raises(Killed):
         build_in(tmp_path)
     monkeypatch.undo()
+    cache = LabelCache(next((tmp_path / "labels").iterdir()))
+    assert len(cache.verified_frames()) == 8 and not (cache.root / build.ALIGNED_FILE).exists()
+    written = count_written(monkeypatch)
     cache, summary = build_in(tmp_path)
-    assert summary["predicted_pairs"] == 0
+    assert summary["predicted_pairs"] == 0 and len(written) == 4  # only the frames not committed
     assert_same_cache(cache, reference)
 
 
-def test_killed_while_writing_frames_resumes_from_the_stored_alignment(tmp_path, reference, monkeypatch):
-    monkeypatch.setattr(build, "FRAMES_PER_COMMIT", 4)
+def kill_on_second_commit(monkeypatch) -> None:
+    """``write_frames`` dies on its 2nd call, after writing the files and before recording their checksums."""
     write_frames = LabelCache.write_frames
     calls = []
 
@@ -114,20 +135,46 @@ def test_killed_while_writing_frames_resumes_from_the_stored_alignment(tmp_path,
             raise Killed
         write_frames(self, frames)
 
+    monkeypatch.setattr(build, "FRAMES_PER_COMMIT", 4)
     monkeypatch.setattr(LabelCache, "write_frames", write_then_die)
+
+
+def test_killed_while_writing_frames_resumes_with_the_missing_frames(tmp_path, reference, monkeypatch):
+    kill_on_second_commit(monkeypatch)
     with pytest.raises(Killed):
         build_in(tmp_path)
+    monkeypatch.undo()
+    cache = LabelCache(next((tmp_path / "labels").iterdir()))
+    assert len(cache.verified_frames()) == 4
+    written = count_written(monkeypatch)
+    cache, summary = build_in(tmp_path)
+    assert summary["predicted_pairs"] == 0 and len(written) == 8
+    assert_same_cache(cache, reference)
+
+
+def test_killed_while_writing_frames_resumes_from_the_stored_alignment(tmp_path, monkeypatch):
+    """Global alignment (not bit-reproducible in general) is stored, and a resumed build writes from it."""
+    method = ["align.method=global", "align.iterations=20"]
+    kill_on_second_commit(monkeypatch)
+    with pytest.raises(Killed):
+        build_in(tmp_path, *method)
+    monkeypatch.undo()
     cache = LabelCache(next((tmp_path / "labels").iterdir()))
     assert len(cache.verified_frames()) == 4 and (cache.root / build.ALIGNED_FILE).is_file()
+    with np.load(cache.root / build.ALIGNED_FILE) as f:
+        stored = f["pts_world"]
 
     def must_not_align(*args, **kwargs):
         raise AssertionError("the stored alignment must be reused")
 
-    monkeypatch.setattr(LabelCache, "write_frames", write_frames)
     monkeypatch.setattr(build, "align_predictions", must_not_align)
-    cache, summary = build_in(tmp_path)
+    cache, summary = build_in(tmp_path, *method)
     assert summary["predicted_pairs"] == 0
-    assert_same_cache(cache, reference)
+    frames = frames_of(cache)
+    index = {n: i for i, n in enumerate(sorted(frames))}  # the scene's frames are named in order
+    for name, arrays in frames.items():
+        np.testing.assert_array_equal(arrays["pts_world"], stored[index[name]], err_msg=name)
+    assert not (cache.root / build.ALIGNED_FILE).exists()
 
 
 def test_corrupt_and_missing_files_are_rebuilt(tmp_path, reference):
@@ -238,3 +285,87 @@ def test_two_cpu_processes_ddp_give_the_single_process_cache(tmp_path, reference
     assert "rank 0 of 2 wrote 9 teacher shards" in out and "rank 1 of 2 wrote 9 teacher shards" in out, out
     cache = LabelCache(next((tmp_path / "labels").iterdir()))
     assert_same_cache(cache, reference)
+
+
+FOLDER_ARGS = ["data.format=folder", "data.resolution=[24,32]", "teacher.batch_size=2",
+               "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "trainer.devices=1"]
+
+
+def test_input_file_edited_in_place_is_relabelled(tmp_path, caplog):
+    root = write_frame_folder(tmp_path / "scene")
+    args = [*FOLDER_ARGS, f"data.root={root}", f"cache_dir={tmp_path / 'cache'}"]
+    cache, _ = build_labels(load_config(args))
+    before = cache.load_frame("frame-000003")["image"]
+    image = np.asarray(Image.open(root / "frame-000003.color.jpg")).copy()
+    image[4:12, 8:20] = 255  # painted over, saved in place under the same name
+    Image.fromarray(image).save(root / "frame-000003.color.jpg", quality=95)
+    depth = np.asarray(Image.open(root / "frame-000003.depth.png")).copy()
+    depth[10:20, 5:15] += 300  # a depth edit changes the teacher's pairs, hence the neighbours' fused labels too
+    Image.fromarray(depth).save(root / "frame-000003.depth.png")
+    with caplog.at_level(logging.WARNING):
+        relabelled, summary = build_labels(load_config(args))
+    assert not summary["reused"] and relabelled.root == cache.root
+    assert "input files of 1 frames changed" in caplog.text and "frame-000003.color.jpg" in caplog.text
+    edges, size = np.array(cache.manifest["edges"]), cache.manifest["shard_size"]
+    k = 3  # scene index of frame-000003
+    stale = {e // size for e in np.flatnonzero((edges == k).any(1))}
+    assert summary["predicted_pairs"] == sum(len(edges[s * size:(s + 1) * size]) for s in stale) < len(edges)
+    assert not np.array_equal(relabelled.load_frame("frame-000003")["image"], before)
+    fresh, _ = build_labels(load_config([*args[:-1], f"cache_dir={tmp_path / 'fresh'}"]))
+    assert_same_cache(relabelled, frames_of(fresh))
+
+
+def test_verify_checks_every_checksum(tmp_path, reference, caplog):
+    cache, _ = build_in(tmp_path)
+    path = cache.frame_path(cache.frames[4])
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # invisible to the cheap check at start
+    with caplog.at_level(logging.INFO):
+        assert main([*ARGS, f"cache_dir={tmp_path}", "--verify"]) == 0
+    assert "11 of 12 frames match their SHA-256; rebuilding the others" in caplog.text
+    assert_same_cache(cache, reference)
+
+
+GATED_WRITER = """
+import os, sys, time
+import lit3d.cache.build as b
+write = b.ShardWriter.write_on_batch_end
+def gated(self, *a, **k):  # holds the build (and its lock) after the first shard until the test lets it go on
+    write(self, *a, **k)
+    while not os.path.exists({go!r}):
+        time.sleep(0.05)
+b.ShardWriter.write_on_batch_end = gated
+from lit3d.label import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_two_label_processes_give_one_cache_and_one_teacher_pass(tmp_path, reference):
+    go, cache_dir = tmp_path / "go", tmp_path / "cache"
+    first = run_label("-c", GATED_WRITER.format(go=str(go)), *ARGS, f"cache_dir={cache_dir}")
+    deadline = time.time() + 120
+    while time.time() < deadline and first.poll() is None and not list(cache_dir.glob("labels/*/pairs/*.npz")):
+        time.sleep(0.05)  # the first holds the lock once it predicts
+    second = run_label("-m", "lit3d.label", *ARGS, f"cache_dir={cache_dir}")
+    try:
+        waiting = ""
+        for line in second.stdout:
+            waiting += line
+            if "is in use by pid" in line:
+                break
+        go.touch()
+        outs = [p.communicate(timeout=300)[0] for p in (first, second)]
+    finally:
+        go.touch()
+        for p in (first, second):
+            p.kill()
+    outs[1] = waiting + outs[1]
+    assert [first.returncode, second.returncode] == [0, 0], "\n".join(outs)
+    assert "rank 0 of 1 wrote 18 teacher shards" in outs[0]
+    assert "teacher shards" not in outs[1] and f"is in use by pid {first.pid}" in outs[1], outs[1]
+    assert "is complete: reusing it" in outs[1]
+    assert_same_cache(LabelCache(next((cache_dir / "labels").iterdir())), reference)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -25,6 +26,11 @@ from lit3d.geometry import is_valid_pose, umeyama_sim3
 
 log = logging.getLogger(__name__)
 KNOWN_POSE_MODES = ("fixed", "anchor", "ignore")
+SINGLE_THREAD_VIEWS = 2**19
+"""CPU alignments with fewer sampled point views per iteration (2 x edges x pixels per image) run on one torch
+thread: threads gain little on operations this small (N=24, swin-3, 150k views: 1.07 s with 2 threads, 1.17 s
+with 1 on an idle 2-core machine; the complete graph, 574k views: 2.5 s vs 3.2 s), while an operation that waits
+for a thread another job preempted costs more than the whole operation (swin-3 on a busy machine: 23 s vs 1.2 s)."""
 
 
 def global_alignment(edges, pts_i, pts_j_in_i, conf_i, conf_j, known_poses=None, known_intrinsics=None, *,
@@ -192,12 +198,33 @@ def _to_output_frame(state: State, poses, known, fixed, to_out, scale_fixed: boo
     return state.apply_sim3(scale, np.eye(3), c - scale * c), frame, unit
 
 
+@contextmanager
+def _threads_for(device: torch.device, n_views: int):
+    """One torch CPU thread while a small problem (``n_views`` < ``SINGLE_THREAD_VIEWS``) is aligned on a CPU."""
+    before = torch.get_num_threads()
+    single = device.type == "cpu" and n_views < SINGLE_THREAD_VIEWS and before > 1
+    if single:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if single:
+            torch.set_num_threads(before)
+
+
 def _align_connected(cfg: AlignConfig, inp: EdgeInputs, poses, K, metric: bool) -> AlignResult:
     t0 = time.perf_counter()
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
-    N, (H, W) = inp.n_images, inp.hw
     idx_NP = sample_pixels(inp, cfg.n_pixels, cfg.sampling, cfg.chunk_edges)
+    with _threads_for(device, 2 * inp.n_edges * idx_NP.shape[1]):
+        return _align_sampled(cfg, inp, poses, K, metric, device, idx_NP, t0)
+
+
+def _align_sampled(cfg: AlignConfig, inp: EdgeInputs, poses, K, metric: bool, device: torch.device,
+                   idx_NP: np.ndarray, t0: float) -> AlignResult:
+    """Alignment of a connected graph on the pixels ``idx_NP`` (N, P); ``t0`` its start (perf_counter)."""
+    N, (H, W) = inp.n_images, inp.hw
     uv_NP2 = np.stack([idx_NP % W, idx_NP // W], -1).astype(np.float64)
     smp = gather_samples(inp, idx_NP, cfg.chunk_edges)
     if smp.nonfinite:

@@ -9,6 +9,7 @@ as image j are placed by PnP; (4) each edge's similarity is fitted to the image 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import deque
 from dataclasses import dataclass, replace
 
@@ -123,12 +124,71 @@ def pair_consistency(A: np.ndarray, B: np.ndarray, wa: np.ndarray, wb: np.ndarra
     return err
 
 
-def estimate_focal(pts_P3: np.ndarray, uv_P2: np.ndarray, w_P: np.ndarray, centre_2: np.ndarray) -> float:
-    """Least-squares focal (fx = fy) so that pixels = f * (x/z, y/z) + centre, for camera-frame points."""
-    ok = (w_P > 0) & (pts_P3[:, 2] > 1e-9)
-    xy = pts_P3[ok, :2] / pts_P3[ok, 2:3]
-    uvc = uv_P2[ok] - centre_2
-    return float((w_P[ok, None] * uvc * xy).sum() / max((w_P[ok, None] * xy**2).sum(), 1e-12))
+def estimate_focal(pts_P3: np.ndarray, uv_P2: np.ndarray, w_P: np.ndarray, centre_2: np.ndarray):
+    """Least-squares focal (fx = fy) so that pixels = f * (x/z, y/z) + centre, for camera-frame points; batched
+    over leading dimensions (a float for one image)."""
+    ok = (w_P > 0) & (pts_P3[..., 2] > 1e-9)
+    xy = pts_P3[..., :2] / np.where(ok, pts_P3[..., 2], 1.0)[..., None]
+    w = np.where(ok, w_P, 0.0)[..., None]
+    f = (w * (uv_P2 - centre_2) * xy).sum((-1, -2)) / np.maximum((w * xy**2).sum((-1, -2)), 1e-12)
+    return float(f) if np.ndim(f) == 0 else f
+
+
+def _chain_tree(A: np.ndarray, B: np.ndarray, wa_init: np.ndarray, wb_init: np.ndarray, edges_E2: np.ndarray,
+                tree: np.ndarray, n_images: int, chunk: int = 512) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Chain world pointmaps along the spanning tree, rooted at image 0's best tree edge: each tree edge's view
+    of its known image is registered (Umeyama) onto that image's world points and carries the other view.
+
+    Returns, per image, the edge and side (0: image i's view, 1: image j's) of the view that placed it (-1: not
+    reached) and the similarities ``(s, R, t)`` taking that view to the world. A registration onto points moved
+    by a similarity is that similarity after the registration onto the unmoved points, so every tree edge is
+    fitted at once against the view that placed its known image, and the fits are composed along the tree."""
+    view_e, view_side = np.full(n_images, -1), np.zeros(n_images, np.int64)
+    s_N, R_N, t_N = np.ones(n_images), np.tile(np.eye(3), (n_images, 1, 1)), np.zeros((n_images, 3))
+    if not len(tree):
+        return view_e, view_side, (s_N, R_N, t_N)
+    adjacency: dict[int, list[int]] = {k: [] for k in range(n_images)}
+    for e in tree:
+        adjacency[edges_E2[e, 0]].append(e)
+        adjacency[edges_E2[e, 1]].append(e)
+    e0 = next(e for e in tree if 0 in edges_E2[e])  # the best tree edge of image 0 defines the gauge
+    view_e[edges_E2[e0]], view_side[edges_E2[e0]] = e0, (0, 1)
+    steps = []  # (new image, known image, edge, side of the known image in the edge), breadth first
+    queue = deque(edges_E2[e0])
+    while queue:
+        k = queue.popleft()
+        for e in adjacency[k]:
+            new, side_k = (edges_E2[e, 1], 0) if edges_E2[e, 0] == k else (edges_E2[e, 0], 1)
+            if view_e[new] < 0:
+                view_e[new], view_side[new] = e, 1 - side_k
+                steps.append((new, k, e, side_k))
+                queue.append(new)
+    new, known, e, side = np.array(steps, np.int64).reshape(-1, 4).T
+    s_U, R_U, t_U = np.ones(len(e)), np.tile(np.eye(3), (len(e), 1, 1)), np.zeros((len(e), 3))
+    for k0 in range(0, len(e), chunk):
+        sl = slice(k0, k0 + chunk)
+        src, w_src = _views(A, B, wa_init, wb_init, e[sl], side[sl])
+        dst, w_dst = _views(A, B, wa_init, wb_init, view_e[known[sl]], view_side[known[sl]])
+        s_U[sl], R_U[sl], t_U[sl] = umeyama_sim3(src, dst, w_src * w_dst)
+    for n, k, s, R, t in zip(new, known, s_U, R_U, t_U):  # parents come first
+        s_N[n], R_N[n], t_N[n] = s_N[k] * s, R_N[k] @ R, s_N[k] * R_N[k] @ t + t_N[k]
+    return view_e, view_side, (s_N, R_N, t_N)
+
+
+def _fill_depth(z_KP: np.ndarray, w_KP: np.ndarray) -> np.ndarray:
+    """Depths with the unusable ones (weight 0 or depth <= 0) replaced by the median of the usable ones of their
+    row (1 when there are none)."""
+    good = (w_KP > 0) & (z_KP > 0)
+    with warnings.catch_warnings():  # rows without a usable depth: all-NaN median
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fill = np.nan_to_num(np.nanmedian(np.where(good, z_KP, np.nan), axis=-1), nan=1.0)
+    return np.where(good, z_KP, np.asarray(fill)[..., None])
+
+
+def _views(A: np.ndarray, B: np.ndarray, wa: np.ndarray, wb: np.ndarray, e: np.ndarray, side: np.ndarray):
+    """Points (K, P, 3) and weights (K, P) of the views ``side`` (0: image i's, 1: image j's) of edges ``e``."""
+    first = side[:, None] == 0
+    return np.where(first[..., None], A[e], B[e]), np.where(first, wa[e], wb[e])
 
 
 def _pnp(world_P3: np.ndarray, uv_P2: np.ndarray, w_P: np.ndarray, K_33: np.ndarray) -> tuple | None:
@@ -166,38 +226,15 @@ def init_state(smp: Samples, edges_E2: np.ndarray, n_images: int, uv_NP2: np.nda
     few = ((wa_init > 0).sum(1) < MIN_INIT_PIXELS) | ((wb_init > 0).sum(1) < MIN_INIT_PIXELS)
     wa_init[few], wb_init[few] = wa[few], wb[few]
 
+    tree = maximum_spanning_tree(n_images, edges_E2, score_E)
+    view_e, view_side, (s_T, R_T, t_T) = _chain_tree(A, B, wa_init, wb_init, edges_E2, tree, n_images)
     world_NP3 = np.zeros(uv_NP2.shape[:2] + (3,))
     world_w_NP = np.zeros(uv_NP2.shape[:2])  # registration weights (confident pixels)
     world_ok_NP = np.zeros(uv_NP2.shape[:2], bool)  # every valid pixel
-    known = np.zeros(n_images, bool)
-    tree = maximum_spanning_tree(n_images, edges_E2, score_E)
-    adjacency: dict[int, list[int]] = {k: [] for k in range(n_images)}
-    for e in tree:
-        adjacency[edges_E2[e, 0]].append(e)
-        adjacency[edges_E2[e, 1]].append(e)
-    if len(tree):
-        e0 = next(e for e in tree if 0 in edges_E2[e])  # the best tree edge of image 0 defines the gauge
-        i, j = edges_E2[e0]
-        world_NP3[i], world_w_NP[i], world_NP3[j], world_w_NP[j] = A[e0], wa_init[e0], B[e0], wb_init[e0]
-        world_ok_NP[i], world_ok_NP[j] = wa[e0] > 0, wb[e0] > 0
-        known[[i, j]] = True
-        queue = deque([i, j])
-    else:
-        queue = deque()
-    while queue:
-        k = queue.popleft()
-        for e in adjacency[k]:
-            i, j = edges_E2[e]
-            new = j if i == k else i
-            if known[new]:
-                continue
-            # register the edge's view of the known image onto its world points, then carry the other view
-            src, w_src, dst, w_new, ok_new = ((A[e], wa_init[e], B[e], wb_init[e], wb[e] > 0) if i == k else
-                                              (B[e], wb_init[e], A[e], wa_init[e], wa[e] > 0))
-            s, R, t = umeyama_sim3(src, world_NP3[k], w_src * world_w_NP[k])
-            world_NP3[new], world_w_NP[new], world_ok_NP[new] = s * dst @ R.T + t, w_new, ok_new
-            known[new] = True
-            queue.append(new)
+    placed = np.flatnonzero(view_e >= 0)
+    pts, world_w_NP[placed] = _views(A, B, wa_init, wb_init, view_e[placed], view_side[placed])
+    world_NP3[placed] = s_T[placed, None, None] * pts @ R_T[placed].transpose(0, 2, 1) + t_T[placed, None]
+    world_ok_NP[placed] = _views(A, B, wa, wb, view_e[placed], view_side[placed])[1] > 0
 
     H, W = hw
     centre = np.array([W / 2, H / 2])
@@ -206,8 +243,8 @@ def init_state(smp: Samples, edges_E2: np.ndarray, n_images: int, uv_NP2: np.nda
     own_edge = np.full(n_images, -1)
     own_edge[firsts] = order[pos]  # each image's best edge in which it is image i (own camera frame)
     if K_known_N33 is None:
-        focal = np.array([estimate_focal(A[e], uv_NP2[k], wa[e], centre) if e >= 0 else np.nan
-                          for k, e in enumerate(own_edge)])
+        # (images without an own edge read some other edge's row here; np.where drops them)
+        focal = np.where(own_edge >= 0, estimate_focal(A[own_edge], uv_NP2, wa[own_edge], centre), np.nan)
         focal = np.where(np.isfinite(focal) & (focal > 0), focal, np.nanmedian(focal) if np.isfinite(focal).any()
                          else max(H, W))
         K = np.tile(np.eye(3), (n_images, 1, 1))
@@ -218,12 +255,14 @@ def init_state(smp: Samples, edges_E2: np.ndarray, n_images: int, uv_NP2: np.nda
     # each image's own frame (its best edge as image i) -> world, from the chained points
     own = own_edge >= 0
     G_s, G_R, G_t = np.ones(n_images), np.tile(np.eye(3), (n_images, 1, 1)), np.zeros((n_images, 3))
-    for k in np.flatnonzero(own):
-        e = own_edge[k]
-        G_s[k], G_R[k], G_t[k] = umeyama_sim3(A[e], world_NP3[k], wa[e] * world_w_NP[k])
+    own_ids = np.flatnonzero(own)
+    for k0 in range(0, len(own_ids), 512):
+        ids = own_ids[k0:k0 + 512]
+        e = own_edge[ids]
+        G_s[ids], G_R[ids], G_t[ids] = umeyama_sim3(A[e], world_NP3[ids], wa[e] * world_w_NP[ids])
     both = np.flatnonzero(own[edges_E2[:, 0]] & own[edges_E2[:, 1]])
     if len(both):  # remove the tree's drift with every edge
-        ids = np.flatnonzero(own)
+        ids = own_ids
         remap = np.cumsum(own) - 1
         s_rel, R_rel, t_rel = relative_similarities(A, B, wa, wb, edges_E2[both], both, own_edge)
         w_rel = wa[both].mean(1) * wb[both].mean(1) / (1 + (np.nan_to_num(cycle_E[both]) / CYCLE_TOL) ** 2)
@@ -235,27 +274,23 @@ def init_state(smp: Samples, edges_E2: np.ndarray, n_images: int, uv_NP2: np.nda
 
     R_N33, t_N3 = G_R.copy(), G_t.copy()
     depth = np.ones(uv_NP2.shape[:2])
-    for k in range(n_images):
-        e = own_edge[k]
-        if e >= 0:
-            z, w = G_s[k] * A[e, :, 2], wa[e]
-        else:  # seen only as image j: its points through the best partner's frame, then PnP
-            cand = np.flatnonzero((edges_E2[:, 1] == k) & own[edges_E2[:, 0]])
-            if len(cand):
-                e = cand[np.argmax(score_E[cand])]
-                i = edges_E2[e, 0]
-                a = relative_scale(A[own_edge[i]], A[e], wa[own_edge[i]] * wa[e])
-                world_NP3[k] = G_s[i] * (B[e] / a) @ G_R[i].T + G_t[i]
-                world_w_NP[k], world_ok_NP[k] = wb_init[e], wb[e] > 0
-            pose = _pnp(world_NP3[k], uv_NP2[k], world_w_NP[k], K[k])
-            if pose is None:
-                log.warning("global alignment init: image %d has no own-frame prediction and PnP failed; "
-                            "starting from the first camera's pose", k)
-            else:
-                R_N33[k], t_N3[k] = pose
-            z, w = ((world_NP3[k] - t_N3[k]) @ R_N33[k])[:, 2], world_ok_NP[k]
-        good = (w > 0) & (z > 0)
-        depth[k] = np.where(good, z, np.median(z[good]) if good.any() else 1.0)
+    depth[own_ids] = _fill_depth(G_s[own_ids, None] * A[own_edge[own_ids], :, 2], wa[own_edge[own_ids]])
+    for k in np.flatnonzero(~own):  # seen only as image j: its points through the best partner's frame, then PnP
+        cand = np.flatnonzero((edges_E2[:, 1] == k) & own[edges_E2[:, 0]])
+        if len(cand):
+            e = cand[np.argmax(score_E[cand])]
+            i = edges_E2[e, 0]
+            a = relative_scale(A[own_edge[i]], A[e], wa[own_edge[i]] * wa[e])
+            world_NP3[k] = G_s[i] * (B[e] / a) @ G_R[i].T + G_t[i]
+            world_w_NP[k], world_ok_NP[k] = wb_init[e], wb[e] > 0
+        pose = _pnp(world_NP3[k], uv_NP2[k], world_w_NP[k], K[k])
+        if pose is None:
+            log.warning("global alignment init: image %d has no own-frame prediction and PnP failed; "
+                        "starting from the first camera's pose", k)
+        else:
+            R_N33[k], t_N3[k] = pose
+        z, w = ((world_NP3[k] - t_N3[k]) @ R_N33[k])[:, 2], world_ok_NP[k]
+        depth[k] = _fill_depth(z, w)
     state = State(R_N33, t_N3, depth, K, np.ones(len(edges_E2)), np.tile(np.eye(3), (len(edges_E2), 1, 1)),
                   np.zeros((len(edges_E2), 3)))
     return fit_edges(state, A, B, wa, wb, edges_E2, uv_NP2)

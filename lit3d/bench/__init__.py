@@ -8,4 +8,5 @@ BENCHMARKS = {
     "align": "lit3d.bench.align",
     "teacher": "lit3d.bench.teacher",
     "model": "lit3d.bench.model",
+    "label": "lit3d.bench.label",
 }

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     if argv[0] not in BENCHMARKS:
-        print(f"unknown benchmark {argv[0]!r}\n{usage()}", file=sys.stderr)
+        print(f"lit3d bench: unknown benchmark {argv[0]!r}; benchmarks: {', '.join(BENCHMARKS)}", file=sys.stderr)
         return 2
     return command(f"lit3d.bench.{argv[0]}", importlib.import_module(BENCHMARKS[argv[0]]).main, argv[1:])
 

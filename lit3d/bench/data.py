@@ -1,9 +1,10 @@
-"""``python -m lit3d.bench data [key=value ...]``: can the label cache feed the student?
+"""``python -m lit3d.bench data [--seconds S] [key=value ...]``: can the label cache feed the student?
 
-Measures, in one process on the same config: reading cache frames from disk (frames/s), DataLoader throughput
-with frames preloaded and read lazily from disk (images/s, with the configured photometric and geometric
-augmentation), and the student's training step (images/s). A ratio above 1 means the input pipeline is not the
-bottleneck.
+Measures, in one process on the same config: reading one cache frame from disk and resizing it (ms), the DataLoader
+with frames preloaded and read lazily per item (``loader.preload=true|false``), each without worker processes and
+with ``loader.num_workers`` of them (2 when it is 0), with the configured photometric and geometric augmentation
+(ms/item), and the student's training step (ms/image). A ratio above 1 means the input pipeline is not the
+bottleneck. ``--seconds`` is the minimum time of each measurement (default 2).
 """
 from __future__ import annotations
 
@@ -13,16 +14,16 @@ import time
 import torch
 
 from lit3d.cache import build_labels
-from lit3d.cache.datamodule import CachedFrames, geometric_augmentation, resize_frame
-from lit3d.config import load_config
+from lit3d.cache.datamodule import CachedFrames, geometric_augmentation
+from lit3d.config import ConfigError, load_config
 from lit3d.students.module import StudentModule
 
 log = logging.getLogger(__name__)
 
 
-def _rate(fn, n_items: int, min_seconds: float = 2.0) -> float:
+def _rate(fn, n_items: int, min_seconds: float) -> float:
     """Items per second of ``fn`` (which processes ``n_items``), repeated for at least ``min_seconds``."""
-    fn()  # warm-up
+    fn()  # warm-up (and worker start-up)
     done, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < min_seconds:
         fn()
@@ -30,30 +31,48 @@ def _rate(fn, n_items: int, min_seconds: float = 2.0) -> float:
     return done / (time.perf_counter() - t0)
 
 
+def _seconds(argv: list[str]) -> tuple[float, list[str]]:
+    """``--seconds S`` taken out of ``argv``."""
+    if "--seconds" not in argv:
+        return 2.0, argv
+    k = argv.index("--seconds")
+    try:
+        seconds = float(argv[k + 1])
+    except (IndexError, ValueError):
+        seconds = 0.0
+    if not seconds > 0:
+        raise ConfigError("--seconds needs a positive number of seconds, e.g. --seconds 2")
+    return seconds, argv[:k] + argv[k + 2:]
+
+
 def main(argv: list[str]) -> None:
     if "-h" in argv or "--help" in argv:
-        print("usage: lit3d bench data [key=value ...]   (config keys: lit3d fit --help)\n\n" + __doc__.split("\n\n")[1])
+        print("usage: lit3d bench data [--seconds S] [key=value ...]   (config keys: lit3d fit --help)\n\n"
+              + __doc__.split("\n\n")[1])
         return
+    seconds, argv = _seconds(argv)
     cfg = load_config(argv)
     cache, _ = build_labels(cfg)
     names = cache.split["train"]
     size = tuple(cfg.loader.resolution)
+    augment = {"color_jitter": cfg.loader.color_jitter, "geometric": geometric_augmentation(cfg.loader)}
+    lazy = CachedFrames(cache, names, size, preload=False, **augment)
+    rows = [("cache read + resize, one frame", _rate(lambda: lazy.read(names[0]), 1, seconds))]
 
-    read_fps = _rate(lambda: [resize_frame(cache.load_frame(n), size) for n in names], len(names))
+    t0 = time.perf_counter()
+    preloaded = CachedFrames(cache, names, size, preload=True, **augment)
+    preload_s = time.perf_counter() - t0
+    for workers in sorted({0, cfg.loader.num_workers or 2}):
+        for mode, ds in (("preloaded", preloaded), ("lazy", lazy)):
+            dl = torch.utils.data.DataLoader(ds, batch_size=cfg.loader.batch_size, shuffle=True,
+                                             num_workers=workers, persistent_workers=workers > 0)
+            rows.append((f"DataLoader {mode}, {workers} workers", _rate(lambda: [None for _ in dl], len(ds), seconds)))
+            del dl  # stops its workers
 
-    def loader_rate(preload: bool) -> float:
-        ds = CachedFrames(cache, names, size, cfg.loader.color_jitter, preload=preload,
-                          geometric=geometric_augmentation(cfg.loader))
-        dl = torch.utils.data.DataLoader(ds, batch_size=cfg.loader.batch_size, shuffle=True,
-                                         num_workers=cfg.loader.num_workers)
-        return _rate(lambda: [None for _ in dl], len(ds))
-
-    preload_ips, lazy_ips = loader_rate(True), loader_rate(False)
     stats = {"mean": torch.zeros(3), "std": torch.ones(3)}
     module = StudentModule.from_config(cfg, stats)
     opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
-    ds = CachedFrames(cache, names[: cfg.loader.batch_size], size)
-    batch = torch.utils.data.default_collate([ds[k] for k in range(len(ds))])
+    batch = torch.utils.data.default_collate([preloaded[k] for k in range(min(len(names), cfg.loader.batch_size))])
 
     def step() -> None:
         loss = module.compute_loss(batch)[0]
@@ -61,13 +80,11 @@ def main(argv: list[str]) -> None:
         opt.step()
         opt.zero_grad()
 
-    step_ips = _rate(step, len(ds))
-    rows = [("cache read + resize (disk)", read_fps), ("DataLoader, preloaded", preload_ips),
-            ("DataLoader, lazy from disk", lazy_ips), (f"student {cfg.student.name} train step", step_ips)]
+    step_ips = _rate(step, len(batch["image"]), seconds)
+    rows.append((f"student {cfg.student.name} train step", step_ips))
     print(f"\nlabel cache {cache.root}: {len(names)} train frames, student input {size[0]}x{size[1]}, "
-          f"batch {cfg.loader.batch_size}, workers {cfg.loader.num_workers}, torch threads {torch.get_num_threads()}")
-    print(f"{'stage':<40}{'images/s':>12}")
+          f"batch {cfg.loader.batch_size}, torch threads {torch.get_num_threads()}; preloading took {preload_s:.2f} s")
+    print(f"{'stage':<44}{'ms/item':>10}{'items/s':>10}{'x step':>9}")
     for name, rate in rows:
-        print(f"{name:<40}{rate:>12.1f}")
-    print(f"{'ratio preloaded loader / train step':<40}{preload_ips / step_ips:>12.1f}")
-    print(f"{'ratio lazy loader / train step':<40}{lazy_ips / step_ips:>12.1f}")
+        print(f"{name:<44}{1000 / rate:>10.2f}{rate:>10.1f}{rate / step_ips:>9.1f}")
+    print("x step: items/s over the training step's images/s (above 1: the loader keeps up)")

@@ -30,7 +30,9 @@ from lit3d.export import export_onnx, export_torchscript
 from lit3d.bench.data import _rate
 from lit3d.cache import build_labels
 from lit3d.cache.datamodule import CachedFrames
+from lit3d.cli import OneLineArgumentParser
 from lit3d.config import load_config
+from lit3d.runs import resolve_device
 from lit3d.students import create_student, model_size
 from lit3d.students.module import StudentModule
 from lit3d.teachers import create_teacher
@@ -228,7 +230,7 @@ def format_data_table(rates: list[tuple[str, float]]) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m lit3d.bench model", description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(prog="python -m lit3d.bench model", description=__doc__.split("\n\n")[0])
     p.add_argument("--students", nargs="+", default=["mobilenetv3", "vanilla_cnn", "vit"], metavar="NAME[:k=v,...]",
                    help="students with their defaults, or NAME:key=value,... (e.g. vit:depth=4,patch_size=8)")
     p.add_argument("--resolution", nargs=2, type=int, default=[384, 512], metavar=("H", "W"),
@@ -269,8 +271,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, float]
         raise ValueError("--localize needs a run directory (or exported student) and at least one query")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device, "--device")
     hw = tuple(args.resolution)
     log.info("device %s, %d CPU threads, input %dx%d, batch %d", device, torch.get_num_threads(), *hw,
              args.batch_size)

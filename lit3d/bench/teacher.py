@@ -8,13 +8,15 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lit3d.cli import OneLineArgumentParser
+from lit3d.memory import peak_rss_mb
+from lit3d.runs import resolve_device
 from lit3d.teachers import TEACHERS, create_teacher
 from lit3d.teachers.dust3r import PRESETS as DUST3R_PRESETS
 from lit3d.teachers.dust3r import DUSt3RTeacher
@@ -58,16 +60,6 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _peak_rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak since start, in kB on Linux
-
-
 def _batch(size: int, hw: tuple[int, int], device: torch.device) -> dict[str, torch.Tensor]:
     n_images = max(size, 2)
     images = torch.rand(n_images, 3, *hw, device=device)
@@ -97,7 +89,7 @@ def run_one(teacher: DUSt3RTeacher, preset: str, hw: tuple[int, int], dtype: str
     if cuda:
         torch.cuda.synchronize()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _peak_rss_mb()
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else peak_rss_mb()
     row = Row(preset, hw, device.type, dtype, batch_size, n_batches * batch_size, seconds, cpu_seconds, peak,
               sum(p.numel() for p in teacher.net.parameters()))
     log.info("%s %dx%d %s %s: %.3f pairs/s", preset, hw[0], hw[1], device.type, dtype, row.pairs_per_s)
@@ -117,7 +109,7 @@ def format_table(rows: list[Row]) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m lit3d.bench teacher", description=__doc__.splitlines()[0])
+    p = OneLineArgumentParser(prog="python -m lit3d.bench teacher", description=__doc__.splitlines()[0])
     p.add_argument("--presets", nargs="+", default=["DUSt3R_ViTLarge_BaseDecoder_512_dpt",
                                                     "DUSt3R_ViTLarge_BaseDecoder_224_linear",
                                                     "MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric"],
@@ -140,8 +132,7 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device, "--device")
     cuda = device.type == "cuda"
     dtypes = args.dtypes or (["fp32", "bf16"] if cuda else ["fp32"])
     if not cuda and dtypes != ["fp32"]:

@@ -7,12 +7,15 @@ written atomically with its checksum, so a build killed at any point resumes to 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 import lightning as L
 import numpy as np
@@ -21,9 +24,12 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from tqdm.auto import tqdm
 
 from lit3d.align import align_predictions
+from lit3d.align.known_poses import KnownPoseFusion
 from lit3d.cache.store import CacheError, LabelCache, write_json
 from lit3d.data import Scene, load_scene
 from lit3d.data.io import atomic_save_npz
+from lit3d.locks import file_lock, is_launched_worker
+from lit3d.memory import peak_rss_mb
 from lit3d.pairs import make_pairs
 from lit3d.teachers import OUTPUT_KEYS, FrameTransform, Teacher, create_teacher
 
@@ -33,6 +39,8 @@ ALIGNED_FILE = "aligned.npz"
 """World pointmaps of every frame, kept from alignment until the cache is complete (resume point)."""
 FRAMES_PER_COMMIT = 32
 """Frames written between two updates of ``checksums.json`` (each update rewrites the whole file)."""
+LOCK_FILE = ".lock"
+"""Lock file inside each cache folder, held while a process checks or builds the cache."""
 
 
 class FrameSource:
@@ -185,15 +193,35 @@ def _complete_shards(cache: LabelCache, edges_E2: np.ndarray, shard_size: int) -
     return done
 
 
-def _aligned(cfg, cache: LabelCache, scene: Scene, teacher: Teacher, edges_E2: np.ndarray,
-             n_shards: int) -> tuple[dict[str, np.ndarray], dict, bool]:
-    """World pointmaps (``pts_world`` N,H,W,3 / ``conf`` / ``valid``), their info, and whether they were just
-    computed (False: read back from ``aligned.npz``, the alignment of an interrupted build).
+def _store_cameras(cache: LabelCache, scene: Scene, teacher: Teacher, result, idx: list[int],
+                   solved_K: bool = False) -> str:
+    """Keep the cameras of the cache's frames (scene indices ``idx``) as alignment used or solved them: its poses,
+    with ``solved_K`` its intrinsics (solved focals), else the scene's on the label grid; returns the SHA-256."""
+    transform = teacher.frame_transform(*scene.image_size)
+    K_N33 = np.stack([transform.intrinsics(scene.K_N33[i]) for i in idx])
+    if solved_K and result.K_N33 is not None:
+        solved = np.isfinite(result.K_N33[idx]).all(axis=(1, 2))
+        K_N33[solved] = result.K_N33[idx][solved]
+    component = None if result.component_N is None else result.component_N[idx]
+    return cache.write_cameras(cache.frames, result.cam2world_N44[idx], K_N33, transform.output_size, result.frame,
+                               result.unit, component)
 
-    Stored until the cache is complete so that a resumed build writes its remaining frames from the very
-    same alignment, even when the alignment is not bit-reproducible (optimisation, thread counts).
+
+def _aligned(cfg, cache: LabelCache, scene: Scene, teacher: Teacher, edges_E2: np.ndarray,
+             n_shards: int) -> tuple[Iterator[tuple[int, dict[str, np.ndarray]]], dict, bool]:
+    """World labels of the cache's frames: an iterator of (scene index, ``pts_world`` H,W,3 / ``conf`` / ``valid``)
+    in the order of ``cache.frames``, their info (complete once the iterator is exhausted), and whether they were
+    just computed by a method that may not reproduce them (then frames already in the cache must be rewritten).
+
+    ``known_poses`` fuses frame by frame from the lazily read teacher shards, so neither the predictions nor the
+    labels of all frames are held at once; it is deterministic, so a resumed build fuses again and skips the frames
+    already written. Other methods return every frame at once; their result is stored in ``aligned.npz`` until the
+    cache is complete so that a resumed build writes its remaining frames from the very same alignment, even when
+    the alignment is not bit-reproducible (optimisation, thread counts).
     """
     path = cache.root / ALIGNED_FILE
+    name_to_idx = {n: i for i, n in enumerate(scene.frame_names)}
+    idx = [name_to_idx[n] for n in cache.frames]
     if path.is_file():
         try:
             with np.load(path) as f:
@@ -202,43 +230,132 @@ def _aligned(cfg, cache: LabelCache, scene: Scene, teacher: Teacher, edges_E2: n
             if info.pop("manifest_hash") != cache.manifest["hash"]:
                 raise CacheError("it was computed for another manifest")
             log.info("resuming from the stored alignment %s", path)
-            return arrays, info, False
+            return _frames_of(arrays, idx), info, False
         except Exception as e:
             log.warning("stored alignment %s is unreadable (%s): aligning again", path, e)
             path.unlink(missing_ok=True)
-    if teacher.gives_world_labels:
-        result = teacher.world_labels(scene, cache.frames, teacher.frame_transform(*scene.image_size),
-                                      cfg.align.min_conf)
-    else:
+    pred = None
+    if not teacher.gives_world_labels:
         stored_edges, pred = cache.load_pairs(n_shards)
         if not np.array_equal(stored_edges, edges_E2):
             raise CacheError(f"teacher shards of {cache.root} do not match the scene graph; "
                              f"delete {cache.root / 'pairs'}")
-        result = align_predictions(cfg.align, edges_E2, pred, len(scene), scene.K_N33, scene.cam2world_N44,
+    if pred is not None and cfg.align.method == "known_poses":
+        fusion = KnownPoseFusion(edges_E2, pred, len(scene), scene.cam2world_N44, teacher.metric and scene.metric,
+                                 cfg.align.min_conf)
+        info = {"frame": fusion.frame, "unit": fusion.unit,
+                "cameras_sha256": _store_cameras(cache, scene, teacher, fusion, idx)}
+
+        def fused() -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+            for f in fusion.frames(idx):
+                yield f.index, {"pts_world": f.pts_world_HW3, "conf": f.conf_HW, "valid": f.valid_HW}
+            fusion.log_summary()
+            info.update(residual=fusion.residual, valid_fraction=fusion.valid_pixels / max(fusion.pixels, 1))
+
+        return fused(), info, False
+    if pred is None:
+        result = teacher.world_labels(scene, cache.frames, teacher.frame_transform(*scene.image_size),
+                                      cfg.align.min_conf)
+    else:
+        # the predictions live on the teacher's grid (resized and cropped), and so must the known intrinsics
+        transform = teacher.frame_transform(*scene.image_size)
+        K_grid_N33 = np.stack([transform.intrinsics(K_33) for K_33 in scene.K_N33])
+        result = align_predictions(cfg.align, edges_E2, pred, len(scene), K_grid_N33, scene.cam2world_N44,
                                    metric=teacher.metric and scene.metric)
         del pred
-    name_to_idx = {n: i for i, n in enumerate(scene.frame_names)}
-    idx = [name_to_idx[n] for n in cache.frames]
+    if result.frame == "dataset" and result.unit == "m" and not scene.metric:  # poses of their own scale (COLMAP)
+        result.unit = scene.source.get("unit", "dataset")
     info = {"frame": result.frame, "unit": result.unit, "residual": float(result.residual),
-            "valid_fraction": float(result.valid_NHW[idx].mean())}
+            "valid_fraction": float(result.valid_NHW[idx].mean()),
+            "cameras_sha256": _store_cameras(cache, scene, teacher, result, idx, solved_K=not teacher.gives_world_labels
+                                             and cfg.align.method == "global" and not cfg.align.use_known_intrinsics)}
     arrays = {"pts_world": result.pts_world_NHW3, "conf": result.conf_NHW, "valid": result.valid_NHW}
     atomic_save_npz(path, **arrays, info=np.array(json.dumps({**info, "manifest_hash": cache.manifest["hash"]})))
-    return arrays, info, True
+    return _frames_of(arrays, idx), info, True
 
 
-def build_labels(cfg, trainer_kwargs: dict | None = None) -> tuple[LabelCache, dict]:
+def _frames_of(arrays: dict[str, np.ndarray], idx: list[int]) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Frames ``idx`` of pointmaps held for all frames (``pts_world`` N,H,W,3 / ``conf`` / ``valid``)."""
+    for i in idx:
+        yield i, {k: v[i] for k, v in arrays.items()}
+
+
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+"""Failed writes that are the machine's state (full disk, read-only or foreign folder), not a bug: one line."""
+
+
+def _forget_changed_inputs(cache: LabelCache, scene: Scene, edges_E2: np.ndarray, shard_size: int) -> None:
+    """Forget what was made from input files that changed since they were labelled (edited or replaced in place):
+    the teacher shards of their pairs, the alignment and the frames (a frame's labels fuse its neighbours' pairs, and
+    a global alignment couples all frames), keeping every other shard; then record the files' current stamps. A
+    cache built before stamps were recorded is trusted once; an unreadable record makes every frame count as
+    changed."""
+    stamps = dict(zip(scene.frame_names, scene.frame_stamps()))
+    recorded = cache.input_stamps()
+    if recorded == stamps:
+        return
+    changed = [i for i, n in enumerate(scene.frame_names) if recorded is not None and stamps[n]
+               and recorded.get(n) != stamps[n]]
+    if changed:
+        shards = np.unique(np.flatnonzero(np.isin(edges_E2, changed).any(1)) // shard_size)
+        log.warning("input files of %d frames changed since label cache %s was built (e.g. %s): recomputing %d "
+                    "teacher shards, the alignment and the frames", len(changed), cache.root,
+                    scene.input_files[0][changed[0]] if scene.input_files else scene.frame_names[changed[0]],
+                    len(shards))
+        for shard in shards:
+            cache.shard_path(int(shard)).unlink(missing_ok=True)
+        for name in ("checksums.json", "labels.json", ALIGNED_FILE):  # no frame counts as written any more
+            (cache.root / name).unlink(missing_ok=True)
+    cache.record_input_stamps(stamps)
+
+
+def build_labels(cfg, trainer_kwargs: dict | None = None, verify: bool = False) -> tuple[LabelCache, dict]:
     """Build or complete the label cache of ``cfg``; returns it and a summary (frames, pairs, seconds, ...).
 
     Resumable at any point: teacher shards, the alignment and frames are each committed atomically, and a
     re-run recomputes only what is missing or fails its check. With ``trainer.devices`` > 1 every rank runs
     this function (Lightning re-executes the command); ranks > 0 predict their share of the shards, then wait
     until rank 0 has aligned and written the frames, so that callers read a complete cache on every rank.
+
+    One process at a time per cache (``label``, ``fit``, ``evaluate``, sweep workers): the check or build runs
+    under the cache's file lock, so a second process waits, then reuses the finished cache. A cache is checked
+    by file sizes and times, ``verify`` checks every frame's SHA-256. A full disk or a folder that cannot be
+    written is a :class:`CacheError` naming the path.
     """
     t0 = time.perf_counter()
-    scene, teacher, edges, transform, manifest, cache = cache_for(cfg)
+    root = Path(cfg.cache_dir)
+    try:
+        scene, teacher, edges, transform, manifest, cache = cache_for(cfg)
+        root = cache.root
+        with contextlib.ExitStack() as locked:
+            if not is_launched_worker():  # ranks > 0 help the rank 0 that holds the lock
+                try:
+                    locked.enter_context(file_lock(cache.root / LOCK_FILE, f"label cache {cache.root}"))
+                except OSError as e:  # a complete cache on a read-only disk is still usable
+                    if e.errno not in (errno.EROFS, errno.EACCES) or not cache.is_complete():
+                        raise
+                    log.warning("cannot lock label cache %s (%s): reading it without a lock", cache.root, e.strerror)
+            return _check_or_build(cfg, trainer_kwargs, verify, t0, scene, teacher, edges, transform, manifest, cache)
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        raise CacheError(f"cannot write the label cache {root}: {e.strerror}"
+                         + (f" ({e.filename})" if e.filename else "")) from None
+
+
+def _check_or_build(cfg, trainer_kwargs: dict | None, verify: bool, t0: float, scene: Scene, teacher: Teacher,
+                    edges: np.ndarray, transform: FrameTransform, manifest: dict,
+                    cache: LabelCache) -> tuple[LabelCache, dict]:
+    """The body of :func:`build_labels`, under the cache's lock."""
     cache.init(manifest)
+    _forget_changed_inputs(cache, scene, edges, manifest["shard_size"])
     summary = {"cache": str(cache.root), "scene": scene.name, "frames": len(cache.frames), "pairs": len(edges),
                "rank": 0}
+    if verify:
+        intact = len(cache.verified_frames(full=True) & set(cache.frames))
+        log.info("label cache %s: %d of %d frames match their SHA-256%s", cache.root, intact, len(cache.frames),
+                 "" if intact == len(cache.frames) else "; rebuilding the others")
+        summary["verified"] = intact
     if cache.is_complete():
         log.info("label cache %s is complete: reusing it", cache.root)
         return cache, {**summary, "reused": True, "seconds": time.perf_counter() - t0, **cache.labels_info}
@@ -251,6 +368,8 @@ def build_labels(cfg, trainer_kwargs: dict | None = None) -> tuple[LabelCache, d
     n_predicted = sum(len(edges[s * shard_size : (s + 1) * shard_size]) for s in todo)
     if todo:
         (cache.root / ALIGNED_FILE).unlink(missing_ok=True)  # new teacher outputs: any stored alignment is stale
+        for name in cache.frames:  # and so are frames made from the old ones (fusion skips frames in the cache)
+            cache.frame_path(name).unlink(missing_ok=True)
         log.info("teacher %s: %d of %d shards to predict (%d pairs each)", cfg.teacher.name, len(todo), n_shards,
                  shard_size)
         loader = torch.utils.data.DataLoader(ShardDataset(source, edges, todo, shard_size), batch_size=1,
@@ -267,30 +386,34 @@ def build_labels(cfg, trainer_kwargs: dict | None = None) -> tuple[LabelCache, d
             return cache, {**summary, "rank": trainer.global_rank}
     t_teacher = time.perf_counter() - t0
 
-    aligned, info, fresh = _aligned(cfg, cache, scene, teacher, edges, n_shards)
+    frames, info, fresh = _aligned(cfg, cache, scene, teacher, edges, n_shards)
     done = cache.verified_frames()
-    if fresh and done:  # frames of an earlier alignment: rewrite them all, so that one alignment labels the cache
+    if fresh and done:  # frames of an earlier alignment: removed first, so that a kill cannot leave a mix
         log.info("re-aligned: rewriting the %d frames already in the cache", len(done))
+        for name in done:
+            cache.frame_path(name).unlink(missing_ok=True)
         done = set()
-    name_to_idx = {n: i for i, n in enumerate(scene.frame_names)}
-    pending = [n for n in cache.frames if n not in done]
-    with tqdm(total=len(pending), desc="writing labels", unit="frame",
-              disable=not cfg.trainer.enable_progress_bar or not pending) as bar:
-        for start in range(0, len(pending), FRAMES_PER_COMMIT):
-            batch = {}
-            for name in pending[start : start + FRAMES_PER_COMMIT]:
-                i = name_to_idx[name]
-                batch[name] = {**source.get(i), "pts_world": aligned["pts_world"][i], "conf": aligned["conf"][i],
-                               "valid": aligned["valid"][i]}
+    with tqdm(total=len(cache.frames), desc="aligning and writing labels", unit="frame",
+              disable=not cfg.trainer.enable_progress_bar) as bar:
+        batch = {}
+        for i, arrays in frames:  # one frame at a time, committed in batches: never every label at once
+            name = scene.frame_names[i]
+            if name not in done:
+                batch[name] = {**source.get(i), **arrays}
+            if len(batch) == FRAMES_PER_COMMIT:
+                cache.write_frames(batch)
+                batch = {}
+            bar.update(1)
+        if batch:
             cache.write_frames(batch)
-            bar.update(len(batch))
     write_json(cache.root / "labels.json", info)  # the commit point of the whole cache
     (cache.root / ALIGNED_FILE).unlink(missing_ok=True)
     if trainer is not None and trainer.world_size > 1:
         trainer.strategy.barrier("lit3d-frames")
     seconds = time.perf_counter() - t0
     summary.update(info, seconds=seconds, teacher_seconds=t_teacher, predicted_pairs=n_predicted,
-                   pairs_per_s=n_predicted / max(t_teacher, 1e-9) if n_predicted else float("nan"), reused=False)
-    log.info("labelled %d frames from %d pairs in %.1f s (residual %.4f %s)", len(cache.frames), len(edges),
-             seconds, info["residual"], info["unit"])
+                   pairs_per_s=n_predicted / max(t_teacher, 1e-9) if n_predicted else float("nan"), reused=False,
+                   peak_rss_mb=peak_rss_mb())
+    log.info("labelled %d frames from %d pairs in %.1f s (residual %.4f %s), peak memory %.0f MB", len(cache.frames),
+             len(edges), seconds, info["residual"], info["unit"], summary["peak_rss_mb"])
     return cache, summary

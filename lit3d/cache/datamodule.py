@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from functools import lru_cache
 
 import lightning as L
@@ -19,6 +20,12 @@ log = logging.getLogger(__name__)
 
 SURFACE_TOL = 0.05
 """Largest (max - min) / mean of the camera depths of four neighbouring labels that are interpolated: one surface."""
+FRAME_BYTES_PER_PIXEL = 3 + 12 + 4 + 1 + 4
+"""Memory of a preloaded frame per student pixel: image uint8 x3, pts_world float32 x3, conf, valid (bool), depth."""
+AVAILABLE_RAM_FRACTION = 0.5
+"""``loader.memory_budget_gb=0``: this fraction of the RAM available at start may hold preloaded frames."""
+STATS_FRAMES = 256
+"""Training frames (evenly spaced) that give the point statistics when frames are read lazily."""
 POSE_CHECK = 0.05
 """Largest median reprojection error of the labels through their pose, as a fraction of the label grid's width,
 for the pose to give their camera depths (a larger one: the labels are in another world frame)."""
@@ -156,9 +163,10 @@ class CachedFrames(Dataset):
             # no hue jitter: it costs more than the rest together (HSV round trip) and colour identifies surfaces
             self.jitter = v2.ColorJitter(brightness=s, contrast=s, saturation=s)
         # student-resolution frames are small: holding them makes the DataLoader essentially free
-        self.frames = [self._read(n) for n in self.names] if preload else None
+        self.frames = [self.read(n) for n in self.names] if preload else None
 
-    def _read(self, name: str) -> dict[str, torch.Tensor]:
+    def read(self, name: str) -> dict[str, torch.Tensor]:
+        """Frame ``name`` from its cache file (zip CRCs checked), at the student resolution, not augmented."""
         f = resize_frame(self.cache.load_frame(name), self.size)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(f["image"])).permute(2, 0, 1),
@@ -178,7 +186,7 @@ class CachedFrames(Dataset):
 
     def item(self, k: int, geometric: bool = True) -> dict[str, torch.Tensor]:
         """Item ``k``; ``geometric=False`` skips the geometric augmentation (photometric still applies)."""
-        item = dict(self.frames[k] if self.frames is not None else self._read(self.names[k]))
+        item = dict(self.frames[k] if self.frames is not None else self.read(self.names[k]))
         image = item["image"].float() / 255
         if self.jitter is not None:
             image = self.jitter(image)
@@ -203,10 +211,33 @@ def geometric_augmentation(loader_cfg) -> tuple[float, tuple[float, float], floa
     return c.rotation_deg, (lo, hi), c.shift
 
 
-class PointmapDataModule(L.LightningDataModule):
-    """Train / val / test loaders over a label cache, at the student resolution ``loader.resolution``."""
+def memory_budget_bytes(loader_cfg) -> int:
+    """Bytes that preloaded frames may take: ``loader.memory_budget_gb``, or with 0 a fraction of the RAM available
+    now (``os.sysconf``)."""
+    if loader_cfg.memory_budget_gb > 0:
+        return int(loader_cfg.memory_budget_gb * 2**30)
+    return int(AVAILABLE_RAM_FRACTION * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
-    def __init__(self, cache: LabelCache, loader_cfg, seed: int = 0, preload: bool = True):
+
+def should_preload(loader_cfg, n_frames: int) -> bool:
+    """``loader.preload``: true, false, or with auto whether ``n_frames`` at the student resolution fit the budget."""
+    if loader_cfg.preload != "auto":
+        return loader_cfg.preload == "true"
+    h, w = loader_cfg.resolution
+    need, budget = n_frames * h * w * FRAME_BYTES_PER_PIXEL, memory_budget_bytes(loader_cfg)
+    log.info("label cache frames take %.2f GiB at %dx%d, memory budget %.2f GiB: %s", need / 2**30, h, w,
+             budget / 2**30, "preloading them" if need <= budget else "reading them lazily per item")
+    return need <= budget
+
+
+class PointmapDataModule(L.LightningDataModule):
+    """Train / val / test loaders over a label cache, at the student resolution ``loader.resolution``.
+
+    ``preload`` (None: from ``loader.preload``) holds every frame in memory; otherwise each item is read from its
+    cache file when needed (same items, same augmentation: the batches are identical).
+    """
+
+    def __init__(self, cache: LabelCache, loader_cfg, seed: int = 0, preload: bool | None = None):
         super().__init__()
         self.cache, self.cfg, self.seed, self.preload = cache, loader_cfg, seed, preload
         self.datasets: dict[str, CachedFrames] = {}
@@ -216,6 +247,8 @@ class PointmapDataModule(L.LightningDataModule):
             return
         size = tuple(self.cfg.resolution)
         c, geometric = self.cfg, geometric_augmentation(self.cfg)
+        if self.preload is None:
+            self.preload = should_preload(c, sum(len(names) for names in self.cache.split.values()))
         for split, names in self.cache.split.items():
             train = split == "train"
             self.datasets[split] = CachedFrames(self.cache, names, size, c.color_jitter if train else 0.0,
@@ -227,10 +260,15 @@ class PointmapDataModule(L.LightningDataModule):
         """Mean and std (3,) of valid training world points, and the mean point (the trivial baseline)."""
         self.setup()
         ds = self.datasets["train"]
-        # two reads per frame, as before augmentation existed: the photometric jitter draws from the global RNG
-        # before the weights are initialised, so this keeps earlier configurations' runs bit for bit
-        pts = torch.cat([ds.item(k, False)["pts_world"].permute(1, 2, 0)[ds.item(k, False)["valid"]]
-                         for k in range(len(ds))])
+        if ds.frames is None:  # read lazily (larger than memory): one read each of a sample of frames
+            sample = np.unique(np.linspace(0, len(ds) - 1, min(len(ds), STATS_FRAMES)).round().astype(int))
+            frames = (ds.read(ds.names[k]) for k in sample)
+            pts = torch.cat([f["pts_world"].permute(1, 2, 0)[f["valid"]] for f in frames])
+        else:
+            # two reads per frame, as before augmentation existed: the photometric jitter draws from the global RNG
+            # before the weights are initialised, so this keeps earlier configurations' runs bit for bit
+            pts = torch.cat([ds.item(k, False)["pts_world"].permute(1, 2, 0)[ds.item(k, False)["valid"]]
+                             for k in range(len(ds))])
         return {"mean": pts.mean(0), "std": pts.std(0).clamp_min(1e-6)}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -11,7 +11,7 @@ from lit3d.registry import Registry, UnknownNameError
 
 FORMATS: Registry[Scene] = Registry("data format")
 
-from lit3d.data import folder, images, sevenscenes, synthetic, twelvescenes  # noqa: E402,F401  (registers)
+from lit3d.data import colmap, folder, images, sevenscenes, synthetic, twelvescenes  # noqa: E402,F401  (registers)
 
 
 def load_scene(cfg: DataConfig, cache_dir: str | Path = "cache") -> Scene:

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 @dataclass
 class DataConfig:
     format: str = "synthetic"
-    """Scene loader: one of ``lit3d.data.FORMATS.names()`` (synthetic, folder, sevenscenes, twelvescenes, images)."""
+    """Scene loader: one of ``lit3d.data.FORMATS.names()`` (synthetic, folder, sevenscenes, twelvescenes, images,
+    colmap)."""
     root: str = ""
     """Folder of the scene on disk (unused by ``synthetic``, whose renders are cached under ``cache_dir``)."""
     resolution: list[int] = field(default_factory=lambda: [96, 128])

@@ -104,7 +104,7 @@ def load_folder(cfg: DataConfig, cache_dir: Path) -> Scene:
         K_N33=np.repeat(K_33[None], len(names), 0), cam2world_N44=poses,
         read_image=lazy_rgb(color, native, (H, W)),
         read_depth=lazy_depth(depth, native, K_native, K_33, (H, W), cfg.depth_scale) if has_depth else None,
-        split=make_split(names, cfg, mode), metric=has_depth or has_poses,
+        split=make_split(names, cfg, mode), metric=has_depth or has_poses, input_files=[color, depth],
         source={"format": "folder", "root": str(root.resolve()), "stride": cfg.stride, "max_frames": cfg.max_frames,
                 "depth_scale": cfg.depth_scale, "intrinsics": cfg.intrinsics},
     )

@@ -62,7 +62,7 @@ def load_images(cfg: DataConfig, cache_dir: Path) -> Scene:
     return Scene(
         name=f"images/{root.resolve().name}", frame_names=names, image_size=(H, W), K_N33=K_N33,
         read_image=lambda i: resize_rgb(read_rgb(paths[i], exif_transpose=True), (H, W)),
-        split=make_split(names, cfg, mode), cam2world_N44=None, read_depth=None, metric=False,
+        split=make_split(names, cfg, mode), cam2world_N44=None, read_depth=None, metric=False, input_files=[paths],
         source={"format": "images", "root": str(root.resolve()), "stride": cfg.stride, "max_frames": cfg.max_frames,
                 "hfov_deg": cfg.hfov_deg, "intrinsics": cfg.intrinsics},
     )

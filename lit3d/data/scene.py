@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -45,6 +46,10 @@ class Scene:
     """Whether poses and depth are in metres."""
     source: dict = field(default_factory=dict)
     """What identifies the scene's content (loader, root, options); hashed into the label cache manifest."""
+    input_files: list[list] = field(default_factory=list)
+    """Files the readers read: one list of paths per kind (images, depth maps), each in frame order. Their sizes and
+    modification times give :meth:`frame_stamps`, so that a label cache notices a file edited in place. Empty for
+    generated scenes."""
 
     def __post_init__(self) -> None:
         n = len(self.frame_names)
@@ -63,6 +68,9 @@ class Scene:
         if not np.array_equal(covered, np.arange(n)):
             raise SceneError(f"scene {self.name!r}: the train/val/test split must cover every frame exactly once")
         self.split = {s: np.asarray(self.split.get(s, []), dtype=int) for s in SPLITS}
+        self.input_files = [list(kind) for kind in self.input_files if len(kind)]
+        if any(len(kind) != n for kind in self.input_files):
+            raise SceneError(f"scene {self.name!r}: every list of input files must have one file per frame")
 
     def __len__(self) -> int:
         return len(self.frame_names)
@@ -76,7 +84,8 @@ class Scene:
         return self.cam2world_N44 is not None
 
     def fingerprint(self) -> str:
-        """Hash of everything that determines the scene's content as the pipeline sees it."""
+        """Hash of what determines the scene as the pipeline sees it: names, sizes, K, poses and the loader's
+        options. The content of the input files is tracked per frame by :meth:`frame_stamps`."""
         h = hashlib.sha256()
         h.update(json.dumps({"name": self.name, "size": self.image_size, "frames": self.frame_names,
                              "source": self.source}, sort_keys=True, default=str).encode())
@@ -84,6 +93,21 @@ class Scene:
         if self.cam2world_N44 is not None:
             h.update(np.ascontiguousarray(self.cam2world_N44, dtype=np.float64).tobytes())
         return h.hexdigest()[:16]
+
+    def frame_stamps(self) -> list[str]:
+        """Per frame, a hash of its input files' paths, sizes and mtime_ns (one ``stat`` per file, no content read):
+        it changes when a file is edited or replaced. Empty strings for a scene without input files."""
+        stamps = []
+        for files in zip(*self.input_files) if self.input_files else [()] * len(self):
+            h = hashlib.sha256()
+            for path in files:
+                try:
+                    st = os.stat(path)
+                except OSError as e:
+                    raise SceneError(f"{path}: cannot read input file ({e.strerror})") from None
+                h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            stamps.append(h.hexdigest()[:16] if files else "")
+        return stamps
 
 
 def split_every(n: int, test_every: int, val_every: int = 0, offset: int = 0) -> dict[str, np.ndarray]:

@@ -94,6 +94,7 @@ def load_sevenscenes(cfg: DataConfig, cache_dir: Path) -> Scene:
         read_depth=lazy_depth([Path(f"{f}.depth.png") for f in files], NATIVE_SIZE, K_DEPTH_33, K_33, (H, W),
                               scale=1000.0, invalid=(0, 65535)),
         split=make_split(names, cfg, mode, test), metric=True,
+        input_files=[[Path(f"{f}.{kind}.png") for f in files] for kind in ("color", "depth")],
         source={"format": "sevenscenes", "root": str(root.resolve()), "stride": cfg.stride,
                 "max_frames": cfg.max_frames, "intrinsics": cfg.intrinsics},
     )

@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +24,9 @@ import numpy as np
 from lit3d.data import FORMATS
 from lit3d.data.config import DataConfig
 from lit3d.data.folder import subsample
-from lit3d.data.io import atomic_save_npz
 from lit3d.data.scene import Scene, SceneError
 from lit3d.data.splits import make_split, split_mode
+from lit3d.files import atomic_output
 from lit3d.geometry import look_at
 
 log = logging.getLogger(__name__)
@@ -158,8 +160,9 @@ def render(poses_N44: np.ndarray, K_33: np.ndarray, size: tuple[int, int], seed:
     sv = (v[:, :, None, None] + offsets[None, None, :, None]).repeat(s, 3)
     rays_cam = np.stack([(su - K_33[0, 2]) / K_33[0, 0], (sv - K_33[1, 2]) / K_33[1, 1], np.ones_like(su)], -1)
     centre_cam = np.stack([(u - K_33[0, 2]) / K_33[0, 0], (v - K_33[1, 2]) / K_33[1, 1], np.ones_like(u)], -1)
-    images, depths = [], []
-    for T in poses_N44:
+    images = np.empty((len(poses_N44), H, W, 3), np.uint8)  # filled in place: no second copy of every frame
+    depths = np.empty((len(poses_N44), H, W), np.float32)
+    for k, T in enumerate(poses_N44):
         R, o = T[:3, :3], T[:3, 3]
         d = rays_cam.reshape(-1, 3) @ R.T
         d /= np.linalg.norm(d, axis=1, keepdims=True)
@@ -169,14 +172,14 @@ def render(poses_N44: np.ndarray, K_33: np.ndarray, size: tuple[int, int], seed:
         to_light /= np.linalg.norm(to_light, axis=1, keepdims=True)
         shade = 0.45 + 0.55 * np.clip((normal * to_light).sum(1), 0, 1)
         rgb = (texture(p, sid) * shade[:, None]).reshape(H, W, s * s, 3).mean(2)
-        images.append(np.round(255 * rgb).astype(np.uint8))
+        images[k] = np.round(255 * rgb)
         # depth at pixel centres: z of the hit point in camera frame
         if s > 1:
             d = centre_cam.reshape(-1, 3) @ R.T
             d /= np.linalg.norm(d, axis=1, keepdims=True)
             t, _, _ = _intersect(o, d, prims)
-        depths.append(((t[:, None] * d) @ R[:, 2]).reshape(H, W).astype(np.float32))
-    return np.stack(images), np.stack(depths)
+        depths[k] = ((t[:, None] * d) @ R[:, 2]).reshape(H, W)
+    return images, depths
 
 
 def synthetic_intrinsics(height: int, width: int) -> np.ndarray:
@@ -219,19 +222,68 @@ def _test_path(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _cached_render(path: Path, make_poses, K_33: np.ndarray, size: tuple[int, int], seed: int, what: str):
-    """Images, depths and poses of ``path``, rendered (and saved atomically) when missing or unreadable."""
+    """Images, depths and poses of ``path``, rendered (and saved atomically) when missing or unreadable. Images and
+    depths are read from the file frame by frame (:class:`_Rows`), so a scene of thousands of frames is not held."""
     if path.is_file():
         try:
+            images, depths = _npz_rows(path, ("images", "depths"))
             with np.load(path) as f:
-                return f["images"], f["depths"], f["poses"]
+                return images, depths, f["poses"]
         except Exception as e:  # a corrupt render cache is rebuilt, never trusted
             log.warning("synthetic render cache %s is unreadable (%s): re-rendering", path, e)
             path.unlink()
     poses = make_poses()
     log.info("rendering %d synthetic %s at %dx%d", len(poses), what, size[1], size[0])
     images, depths = render(poses, K_33, size, seed)
-    atomic_save_npz(path, images=images, depths=depths, poses=poses)
-    return images, depths, poses
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, images=images, depths=depths, poses=poses)  # streamed to the file, no copy in memory
+    del images, depths
+    return (*_npz_rows(path, ("images", "depths")), poses)
+
+
+class _Rows:
+    """Rows of one array stored uncompressed in an ``.npz``, read from the file one at a time (no memory map: the
+    pages read do not stay in the process's resident memory)."""
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype):
+        self.path, self.offset, self.shape, self.dtype = path, offset, shape, dtype
+        self.row_items = int(np.prod(shape[1:]))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        if not 0 <= k < len(self):
+            raise IndexError(f"row {k} of {len(self)} in {self.path}")
+        return np.fromfile(self.path, self.dtype, self.row_items,
+                           offset=self.offset + k * self.row_items * self.dtype.itemsize).reshape(self.shape[1:])
+
+
+def _npz_rows(path: Path, keys: tuple[str, ...]) -> tuple[_Rows, ...]:
+    """Arrays ``keys`` of an uncompressed ``.npz`` (as ``np.savez`` writes them), read row by row, after checking
+    every CRC once."""
+    with zipfile.ZipFile(path) as z:
+        bad = z.testzip()  # streams through every member
+        if bad is not None:
+            raise ValueError(f"{bad} fails its CRC")
+        infos = {info.filename: info for info in z.infolist()}
+    arrays = []
+    with open(path, "rb") as f:
+        for key in keys:
+            info = infos[f"{key}.npy"]
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"{key} is compressed")
+            f.seek(info.header_offset + 26)  # local file header: name and extra-field lengths, then the data
+            name_len, extra_len = struct.unpack("<HH", f.read(4))
+            f.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            if fortran and len(shape) > 1:
+                raise ValueError(f"{key} is stored in Fortran order")
+            arrays.append(_Rows(path, f.tell(), shape, dtype))
+    return tuple(arrays)
 
 
 def _digest(key: dict) -> str:
@@ -258,7 +310,8 @@ def load_synthetic(cfg: DataConfig, cache_dir: Path) -> Scene:
                                            "frames")
     keep = subsample(cfg.num_frames, cfg)
     names = [f"frame-{k:06d}" for k in keep]
-    images, depths, poses = images[keep], depths[keep], poses[keep]
+    rows = [(images, depths, k) for k in keep]  # per frame: the arrays that hold it and its row there
+    poses = poses[keep]
     source = {"format": "synthetic", **key, "stride": cfg.stride, "max_frames": cfg.max_frames}
     test = None
     if mode == "path":
@@ -273,13 +326,17 @@ def load_synthetic(cfg: DataConfig, cache_dir: Path) -> Scene:
         check_test_path(t_poses, train_path(), cfg.seed)
         test = np.arange(len(names), len(names) + len(t_poses))
         names += [f"test-{k:06d}" for k in range(len(t_poses))]
-        images, depths = np.concatenate([images, t_images]), np.concatenate([depths, t_depths])
+        rows += [(t_images, t_depths, k) for k in range(len(t_poses))]
         poses = np.concatenate([poses, t_poses])
         source.update(split="path", test_path=tkey)
+
+    def reader(kind: int):  # one frame read from the render cache: the scene never holds every frame
+        return lambda i: rows[i][kind][rows[i][2]]
+
     return Scene(
         name=f"synthetic-seed{cfg.seed}", frame_names=names, image_size=(H, W),
         K_N33=np.repeat(K[None], len(names), 0), cam2world_N44=poses,
-        read_image=lambda i: images[i], read_depth=lambda i: depths[i], split=make_split(names, cfg, mode, test),
+        read_image=reader(0), read_depth=reader(1), split=make_split(names, cfg, mode, test),
         metric=True, source=source,
     )
 

@@ -140,6 +140,7 @@ def load_twelvescenes(cfg: DataConfig, cache_dir: Path) -> Scene:
         read_depth=lazy_depth([Path(f"{s}.depth.png") for s in stems], depth_size, K_depth, K_33, (H, W),
                               scale=shift),
         split=make_split(names, cfg, mode, test), metric=True,
+        input_files=[[Path(f"{s}.{kind}") for s in stems] for kind in ("color.jpg", "depth.png")],
         source={"format": "twelvescenes", "root": str(root.resolve()), "stride": cfg.stride,
                 "max_frames": cfg.max_frames, "skipped_corrupt_poses": len(corrupt)},
     )

@@ -37,4 +37,6 @@ class PointErrors(Metric):
         self.errors.append(err_BHW[valid_BHW].detach())
 
     def compute(self) -> dict[str, torch.Tensor]:
-        return error_summary(dim_zero_cat(self.errors) if self.errors else torch.zeros(0))
+        # after a DDP sync the state is one gathered tensor, not a list (whose truth value would be ambiguous)
+        empty = isinstance(self.errors, list) and not self.errors
+        return error_summary(torch.zeros(0) if empty else dim_zero_cat(self.errors))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 
 import lightning as L
@@ -9,6 +10,7 @@ import torch
 
 from lit3d.metrics.pointmap import PointErrors
 from lit3d.students import STUDENTS, create_student
+from lit3d.students.checkpoints import read_verified, unreadable
 from lit3d.students.losses import mse_loss, reprojection_loss
 
 STUDENT_FORMAT = 2
@@ -51,11 +53,16 @@ class StudentModule(L.LightningModule):
 
     @classmethod
     def load(cls, path, map_location: str | torch.device = "cpu") -> "StudentModule":
-        """The module saved in the Lightning checkpoint ``path``, refusing other student formats by name."""
+        """The module saved in the Lightning checkpoint ``path``, verified against its checksum
+        (:mod:`lit3d.students.checkpoints`); other student formats, corrupt or unreadable files are one-line errors
+        naming ``path``."""
+        data = read_verified(path)
         try:
-            return cls.load_from_checkpoint(path, map_location=map_location)
+            return cls.load_from_checkpoint(io.BytesIO(data), map_location=map_location)
         except CheckpointFormatError as e:
             raise CheckpointFormatError(f"checkpoint {path}: {e}") from None
+        except Exception as e:  # deserialization or weights that do not fit their own hyperparameters: the file's
+            raise unreadable(path, e) from None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lit3d_student_format"] = STUDENT_FORMAT

@@ -1,5 +1,6 @@
 """Global alignment: exact and noisy recovery, known quantities, anchoring, no collapse, bad inputs, scale."""
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -9,14 +10,13 @@ from lit3d.align import AlignConfig, align_predictions, global_alignment
 from lit3d.align.global_alignment import fit_sim3_to_poses
 from lit3d.align.init import State
 from lit3d.align.inputs import Samples
-from lit3d.align.optimize import EdgeLoss, Objective, OptimConfig, robust_rho, so3_exp
+from lit3d.align.inputs import conf_weight
+from lit3d.align.optimize import Adam, Objective, OptimConfig, robust_rho, so3_exp
 from lit3d.align.synthetic import make_predictions, make_scene, scene_graph
 from lit3d.geometry import umeyama_sim3
 
 H, W = 24, 32
 FAST = dict(iterations=100, n_pixels=256)
-
-
 
 
 def case(n: int = 6, graph: str = "complete", noise: float = 0.0, seed: int = 0, **kw):
@@ -69,11 +69,24 @@ def test_exact_recovery_on_noiseless_predictions():
     assert res.residual < 1e-4 and res.edge_residual_E.shape == (len(edges),)
 
 
-def test_one_percent_noise_keeps_cameras_within_one_percent():
+def test_one_percent_noise_keeps_cameras_within_one_percent(caplog, monkeypatch):
     scene, edges, pred = case(10, "swin-2", noise=0.01)
-    res = run(edges, pred, **FAST)
+    threads, real_optimise = [], global_alignment.__globals__["optimise"]
+    monkeypatch.setitem(global_alignment.__globals__, "optimise",
+                        lambda *a, **k: threads.append(torch.get_num_threads()) or real_optimise(*a, **k))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with caplog.at_level(logging.INFO, logger="lit3d.align"):
+            res = run(edges, pred, **FAST)
+        assert threads == [1] and torch.get_num_threads() == 2  # a small problem runs on one thread, then restores
+    finally:
+        torch.set_num_threads(before)
     assert centre_errors(scene, res.cam2world_N44).max() < 0.01
     assert res.conf_NHW.shape == (10, H, W) and res.pts_world_NHW3.dtype == np.float32
+    progress = [r.getMessage() for r in caplog.records if re.search(r"iteration \d+/", r.getMessage())]
+    assert len(progress) == 11 and progress[-1].startswith("global alignment: iteration 100/100, loss ")
+    assert "iteration 10/100" in progress[1] and "lr 0.00" in progress[1]  # every 10 %, with the learning rate
 
 
 def test_known_poses_are_kept_exactly_and_anchor_the_metric_frame():
@@ -117,23 +130,56 @@ def test_fit_sim3_to_two_poses_uses_orientations():
     assert abs(s - 2.0) < 1e-9 and np.allclose(R_fit, R) and np.allclose(t_fit, 1.0)
 
 
-def _objective(normalise: bool) -> tuple[Objective, State]:
+def _objective(normalise: bool, robust: str = "none", free_N=(True, True, True), free_focal: bool = True):
+    """A tiny random objective; returns it with the state, samples, edges and pixels it was built from."""
     rng = np.random.default_rng(0)
     N, E, P = 3, 4, 16
     state = State(np.tile(np.eye(3), (N, 1, 1)), rng.normal(size=(N, 3)), rng.uniform(1, 2, (N, P)),
                   np.tile(np.diag([30.0, 30.0, 1.0]), (N, 1, 1)), rng.uniform(0.5, 2, E),
                   np.tile(np.eye(3), (E, 1, 1)), rng.normal(size=(E, 3)))
+    state.K_N33[:, :2, 2] = 16.0, 12.0
     smp = Samples(torch.randn(E, P, 3), torch.randn(E, P, 3), torch.rand(E, P) * 5 + 1, torch.rand(E, P) * 5 + 1,
                   1.0, 0, 0)
     edges = np.array([[0, 1], [1, 2], [2, 0], [1, 0]])
-    cfg = OptimConfig(10, 0.01, 1e-6, "cosine", "none", 0.02, free_focal=True, normalise_scale=normalise)
-    return Objective(state, smp, edges, rng.uniform(0, 32, (N, P, 2)), np.ones(N, bool), cfg,
-                     torch.device("cpu"), chunk=3), state
+    uv = rng.uniform(0, 32, (N, P, 2))
+    cfg = OptimConfig(10, 0.01, 1e-6, "cosine", robust, 0.5, free_focal=free_focal, normalise_scale=normalise)
+    obj = Objective(state, smp, edges, uv, np.array(free_N), cfg, torch.device("cpu"), chunk=3)
+    return obj, state, smp, edges, uv
+
+
+def _skew(v_B3: torch.Tensor) -> torch.Tensor:
+    x, y, z = v_B3.unbind(-1)
+    zero = torch.zeros_like(x)
+    return torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).view(-1, 3, 3)
+
+
+def _reference_loss(obj: Objective, state: State, smp: Samples, edges: np.ndarray, uv: np.ndarray,
+                    rot_N3, rot_E3, trans_N3, trans_E3, log_f_N, log_s_E, log_d_NP) -> torch.Tensor:
+    """The objective written directly with autograd in float64, from the raw inputs and the unknowns."""
+    f64 = dict(dtype=torch.float64)
+    K = torch.as_tensor(state.K_N33, **f64)
+    uv = torch.as_tensor(uv, **f64)
+    R_N = torch.as_tensor(state.R_N33, **f64) @ torch.linalg.matrix_exp(_skew(rot_N3))
+    t_N = torch.as_tensor(state.t_N3, **f64) + trans_N3
+    f = torch.exp(log_f_N)[:, None]  # focals relative to the initial ones
+    ray = torch.stack([(uv[..., 0] - K[:, None, 0, 2]) / (K[:, None, 0, 0] * f),
+                       (uv[..., 1] - K[:, None, 1, 2]) / (K[:, None, 1, 1] * f), torch.ones_like(uv[..., 0])], -1)
+    X = torch.einsum("nij,npj->npi", R_N, ray * torch.exp(log_d_NP)[..., None]) + t_N[:, None]
+    live = (conf_weight(smp.conf_a_EP).sum(1) + conf_weight(smp.conf_b_EP).sum(1)) > 0
+    log_s = log_s_E - log_s_E[live].mean() + float(np.log(state.s_E).mean()) if obj.cfg.normalise_scale else log_s_E
+    M = torch.exp(log_s)[:, None, None] * torch.as_tensor(state.R_E33, **f64) @ torch.linalg.matrix_exp(_skew(rot_E3))
+    t_E = torch.as_tensor(state.t_E3, **f64) + trans_E3
+    total = 0
+    for pts, conf, img in ((smp.pts_a_EP3, smp.conf_a_EP, edges[:, 0]), (smp.pts_b_EP3, smp.conf_b_EP, edges[:, 1])):
+        y = torch.einsum("eij,epj->epi", M, pts.double()) + t_E[:, None]
+        d = torch.linalg.vector_norm(y - X[img], dim=-1)
+        total = total + (conf_weight(conf).double() * robust_rho(d, obj.cfg.robust, obj.cfg.robust_scale)).sum()
+    return total / (2 * len(edges) * pts.shape[1])
 
 
 def test_collapse_to_zero_is_impossible():
     for normalise in (False, True):
-        obj, state = _objective(normalise)
+        obj, state, *_ = _objective(normalise)
         with torch.no_grad():
             loss = float(obj())
             # shrink the whole solution towards the origin
@@ -149,21 +195,55 @@ def test_collapse_to_zero_is_impossible():
             assert collapsed < 1e-6 * loss
 
 
-@pytest.mark.parametrize("robust", ["none", "cauchy"])
-def test_hand_written_gradient_matches_autograd(robust):
-    obj, _ = _objective(True)
-    obj.cfg.robust = robust
-    X, _, _ = obj.image_points()
-    M, t = obj.edge_transforms()
-    X, M, t = (v.detach().requires_grad_() for v in (X, M, t))
-    EdgeLoss.apply(X, M, t, obj).backward()
-    ref = 0
-    for pts, w, img in ((obj.A, obj.wa, obj.i_E), (obj.B, obj.wb, obj.j_E)):
-        d = torch.linalg.vector_norm(X[img] - (M @ pts + t[:, :, None]), dim=1)
-        ref = ref + (w * robust_rho(d, robust, obj.cfg.robust_scale)).sum()
-    grads = torch.autograd.grad(ref, (X, M, t))
-    for a, b in zip((X.grad, M.grad, t.grad), grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+@pytest.mark.parametrize("robust, normalise, free_N, free_focal", [
+    ("none", True, (True, True, True), True), ("cauchy", False, (True, False, True), False)])
+def test_hand_written_gradient_matches_autograd(robust, normalise, free_N, free_focal):
+    obj, state, smp, edges, uv = _objective(normalise, robust, free_N, free_focal)
+    rng = np.random.default_rng(1)
+    named = ("rot_N3", "rot_E3", "trans_N3", "trans_E3", "log_focal_N", "log_scale_E", "log_depth_NP")
+    with torch.no_grad():  # away from the start, rotations of every size: 0, tiny (series) and large
+        obj.rot_E3.copy_(torch.tensor([[0.0, 0.0, 0.0], [1e-5, -2e-5, 0.0], [0.02, -0.05, 0.01], [0.4, -0.9, 0.3]]))
+        for name in named[2:]:
+            getattr(obj, name).add_(torch.as_tensor(0.05 * rng.normal(size=getattr(obj, name).shape)))
+        obj.rot_N3.copy_(torch.as_tensor(0.3 * rng.normal(size=(3, 3))) * torch.tensor(free_N)[:, None])
+        obj.trans_N3.mul_(torch.tensor(free_N)[:, None])
+        obj.log_focal_N.mul_(float(free_focal))
+    value, grad = obj.value_and_grad()
+    params = [getattr(obj, name).double().clone().requires_grad_() for name in named]
+    ref = _reference_loss(obj, state, smp, edges, uv, *params)
+    assert abs(float(value) - float(ref.detach())) < 1e-5 * float(ref.detach())
+    ref_grads = torch.autograd.grad(ref, params)
+    for name, ref_grad in zip(named, ref_grads):
+        view = getattr(obj, name)
+        hand = grad.as_strided(view.shape, view.stride(), view.storage_offset()).double()
+        frozen = {"rot_N3": ~torch.tensor(free_N), "trans_N3": ~torch.tensor(free_N),
+                  "log_focal_N": torch.tensor([not free_focal] * 3)}.get(name)
+        if frozen is not None:  # frozen unknowns get no gradient, the others the true one
+            assert (hand[frozen] == 0).all()
+            ref_grad = torch.where(frozen.view(-1, *([1] * (ref_grad.dim() - 1))), 0.0, ref_grad)
+        torch.testing.assert_close(hand, ref_grad, rtol=1e-3, atol=1e-4 * float(ref_grad.abs().max()), msg=name)
+
+
+def test_so3_exp_is_the_matrix_exponential():
+    omega = torch.tensor([[0.0, 0.0, 0.0], [1e-6, 0.0, -2e-6], [0.05, 0.02, -0.03], [1.0, -2.0, 0.5]],
+                         dtype=torch.float64)
+    torch.testing.assert_close(so3_exp(omega), torch.linalg.matrix_exp(_skew(omega)), rtol=0, atol=1e-12)
+    assert torch.equal(so3_exp(torch.zeros(1, 3))[0], torch.eye(3))
+
+
+def test_adam_matches_torch_adam():
+    rng = np.random.default_rng(2)
+    ours, ref = torch.zeros(50), torch.zeros(50).requires_grad_()
+    opt, torch_opt = Adam(ours, betas=(0.9, 0.9)), torch.optim.Adam([ref], betas=(0.9, 0.9))
+    for lr in (0.01, 0.005, 0.001):
+        grad = torch.as_tensor(rng.normal(size=50), dtype=torch.float32)
+        grad[:5] = 0  # frozen entries stay exactly where they are
+        opt.step(grad, lr)
+        torch_opt.param_groups[0]["lr"] = lr
+        ref.grad = grad
+        torch_opt.step()
+    torch.testing.assert_close(ours, ref.detach())
+    assert (ours[:5] == 0).all()
 
 
 def test_robust_loss_resists_outlier_pairs():
@@ -248,6 +328,35 @@ def test_hundreds_of_images_on_a_sparse_graph():
     scene, edges, pred = case(300, "swin-3", noise=0.01)
     res = run(edges, pred, n_pixels=256)
     assert centre_errors(scene, res.cam2world_N44).max() < 0.01
+
+
+def test_spanning_tree_chain_is_exact_on_noiseless_predictions():
+    """The tree's registrations, fitted at once and composed along the tree, put every image's points in one
+    frame: the true world up to one similarity (a long sparse chain: a wrong composition would drift)."""
+    from lit3d.align.init import _chain_tree, _views, init_state, maximum_spanning_tree
+    from lit3d.align.inputs import check_inputs, gather_samples, sample_pixels
+
+    n = 12
+    scene, edges, pred = case(n, "swin-2")
+    inp = check_inputs(edges, pred["pts_i"], pred["pts_j_in_i"], pred["conf_i"], pred["conf_j"])
+    idx = sample_pixels(inp, 128, "grid", 256)
+    smp = gather_samples(inp, idx, 256)
+    A, B = smp.pts_a_EP3.numpy(), smp.pts_b_EP3.numpy()
+    wa, wb = conf_weight(smp.conf_a_EP.numpy()), conf_weight(smp.conf_b_EP.numpy())
+    tree = maximum_spanning_tree(n, edges, np.random.default_rng(0).uniform(size=len(edges)))
+    view_e, view_side, (s, R, t) = _chain_tree(A, B, wa, wb, edges, tree, n)
+    pts, _ = _views(A, B, wa, wb, view_e, view_side)
+    world = (s[:, None, None] * pts @ R.transpose(0, 2, 1) + t[:, None]).reshape(-1, 3)
+    true = np.stack([scene.world_points(k).reshape(-1, 3)[idx[k]] for k in range(n)]).reshape(-1, 3)
+    s_fit, R_fit, t_fit = umeyama_sim3(world, true)
+    err = np.linalg.norm(s_fit * world @ R_fit.T + t_fit - true, axis=-1)
+    assert (view_e >= 0).all() and err.max() < 1e-5 * scene.scene_size
+    # and the whole init: cameras and focals before any optimisation
+    state = init_state(smp, edges, n, np.stack([idx % W, idx // W], -1).astype(float), (H, W), None, 3.0)
+    cam2world = np.tile(np.eye(4), (n, 1, 1))
+    cam2world[:, :3, :3], cam2world[:, :3, 3] = state.R_N33, state.t_N3
+    assert centre_errors(scene, cam2world).max() < 1e-6
+    np.testing.assert_allclose(state.K_N33[:, 0, 0], scene.K_33[0, 0], rtol=1e-6)
 
 
 def test_images_seen_only_as_second_view_are_placed_by_pnp():

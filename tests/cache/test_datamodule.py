@@ -1,6 +1,11 @@
-"""``resize_frame``: labels sampled at the student pixel centres that the image and the returned K describe."""
+"""``resize_frame``: labels sampled at the student pixel centres that the image and the returned K describe; the
+datamodule's preloaded and lazily read frames."""
+import logging
+import os
+
 import numpy as np
 import pytest
+import torch
 
 from lit3d.cache.datamodule import resize_frame
 from lit3d.geometry import backproject_depth, invert_pose, look_at, pixel_grid, project, transform_points
@@ -139,3 +144,82 @@ def test_without_a_pose_that_describes_the_labels_the_nearest_valid_label_is_tak
 def test_the_label_grid_itself_is_returned_unchanged():
     frame = make_frame(plane_depth(NORMAL_3, OFFSET))
     assert resize_frame(frame, (H, W)) is frame
+
+
+# --- preloaded and lazily read frames -------------------------------------------------------------------------
+def _batches(cfg, cache, seed: int = 3) -> list[dict]:
+    from lit3d.cache.datamodule import PointmapDataModule
+
+    dm = PointmapDataModule(cache, cfg.loader, seed=cfg.seed)
+    dm.setup()
+    torch.manual_seed(seed)  # the photometric and geometric augmentation draw from it
+    return dm, [batch for _ in range(2) for batch in dm.train_dataloader()]
+
+
+def test_lazy_loader_gives_the_preloaded_batches(tiny_cfg):
+    from lit3d.cache import build_labels
+
+    cfg_pre, cfg_lazy = tiny_cfg("loader.preload=true", "loader.resolution=[16,24]"), tiny_cfg(
+        "loader.preload=false", "loader.resolution=[16,24]")
+    cache, _ = build_labels(cfg_pre)
+    dm_pre, preloaded = _batches(cfg_pre, cache)
+    dm_lazy, lazy = _batches(cfg_lazy, cache)
+    assert dm_pre.datasets["train"].frames is not None and dm_lazy.datasets["train"].frames is None
+    assert len(preloaded) == len(lazy) > 2 and cfg_pre.loader.geometric and cfg_pre.loader.color_jitter > 0
+    for a, b in zip(preloaded, lazy):
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    torch.testing.assert_close(dm_pre.train_stats()["mean"], dm_lazy.train_stats()["mean"])  # every frame: < 256
+
+
+def test_preload_auto_follows_the_memory_budget(tiny_cfg, caplog):
+    from lit3d.cache import build_labels
+    from lit3d.cache.datamodule import FRAME_BYTES_PER_PIXEL, PointmapDataModule
+
+    cache, _ = build_labels(tiny_cfg())
+    n = sum(len(v) for v in cache.split.values())
+    need_gb = n * 24 * 32 * FRAME_BYTES_PER_PIXEL / 2**30
+    for budget, preloaded in ((need_gb * 1.01, True), (need_gb * 0.99, False)):
+        dm = PointmapDataModule(cache, tiny_cfg(f"loader.memory_budget_gb={budget}").loader)
+        with caplog.at_level(logging.INFO, logger="lit3d.cache.datamodule"):
+            dm.setup()
+        assert (dm.datasets["train"].frames is not None) == preloaded
+    assert "reading them lazily per item" in caplog.text
+
+
+def test_frame_flipped_in_place_is_detected_at_fit_start(tiny_cfg):
+    from lit3d.cache import CacheError, build_labels
+    from lit3d.cache.datamodule import PointmapDataModule
+
+    cache, _ = build_labels(tiny_cfg())
+    path = cache.frame_path(cache.split["train"][1])
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # size and time as they were: only the bytes differ
+    cache, summary = build_labels(tiny_cfg())
+    assert summary["reused"]
+    with pytest.raises(CacheError, match=f"{path} is corrupt and was removed.*Bad CRC-32"):
+        PointmapDataModule(cache, tiny_cfg().loader).setup()  # preload=auto: every frame is decoded at start
+    assert not build_labels(tiny_cfg())[1]["reused"]  # the next run rebuilds it
+    PointmapDataModule(cache, tiny_cfg().loader).setup()
+
+
+def test_corrupt_frame_read_lazily_in_a_worker_is_one_line_naming_it(tiny_cfg):
+    from lit3d.cache import CacheError, build_labels
+    from lit3d.cache.datamodule import PointmapDataModule
+    from lit3d.cli import one_line
+
+    cfg = tiny_cfg("loader.preload=false", "loader.num_workers=1")
+    cache, _ = build_labels(cfg)
+    path = cache.frame_path(cache.split["train"][0])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    path.write_bytes(bytes(data))  # after the start-up check: found when the worker decodes it
+    dm = PointmapDataModule(cache, cfg.loader)
+    dm.setup()
+    with pytest.raises(CacheError) as e:
+        list(dm.train_dataloader())
+    assert one_line(e.value).startswith(f"label cache entry {path} is corrupt and was removed")

@@ -1,8 +1,11 @@
-"""The synthetic scene: deterministic, multi-view consistent colour and depth."""
+"""The synthetic scene: deterministic, multi-view consistent colour and depth, read lazily from its render cache."""
+import logging
+from pathlib import Path
+
 import numpy as np
 
 from lit3d.data import load_scene
-from lit3d.data.synthetic import _intersect, _layout
+from lit3d.data.synthetic import _intersect, _layout, render, synthetic_intrinsics
 from lit3d.geometry import backproject_depth, invert_pose, project, transform_points
 
 
@@ -55,3 +58,24 @@ def test_empty_scene_is_an_error(tiny_cfg):
     cfg = tiny_cfg("data.max_frames=0", "data.num_frames=0")
     with pytest.raises(SceneError, match="has no frames"):
         load_scene(cfg.data, cfg.cache_dir)
+
+
+def test_frames_are_read_lazily_from_the_render_cache_and_a_corrupt_one_is_redone(tiny_cfg, caplog):
+    """Frames are read from the render cache one at a time (a scene of thousands of frames is not held in
+    memory), equal to a fresh render; a flipped byte in the cache fails its CRC and it is rendered again."""
+    cfg = tiny_cfg()
+    scene = load_scene(cfg.data, cfg.cache_dir)
+    images, depths = render(scene.cam2world_N44[:16], synthetic_intrinsics(24, 32), (24, 32), seed=0)
+    for k in range(16):
+        assert type(scene.read_image(k)) is np.ndarray and type(scene.read_depth(k)) is np.ndarray
+        np.testing.assert_array_equal(scene.read_image(k), images[k])
+        np.testing.assert_array_equal(scene.read_depth(k), depths[k])
+    path = next((Path(cfg.cache_dir) / "scenes").glob("synthetic-[0-9a-f]*.npz"))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        again = load_scene(cfg.data, cfg.cache_dir)
+    assert f"synthetic render cache {path} is unreadable" in caplog.text
+    for k in (0, 7, 15):
+        np.testing.assert_array_equal(again.read_image(k), images[k])
