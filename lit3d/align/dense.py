@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from lit3d.align.frame_views import FrameViews
+from lit3d.align.frame_views import EdgeResiduals, FrameViews
 from lit3d.align.inputs import EdgeInputs, conf_weight
 
 
@@ -49,15 +49,15 @@ class DenseFusion:
         v, u = torch.meshgrid(torch.arange(H, **self.dev), torch.arange(W, **self.dev), indexing="ij")
         self.uv_Q2 = torch.stack([u.reshape(-1), v.reshape(-1)], -1)
         self.views = FrameViews(inp.edges_E2, inp.n_images)
-        self.res_num_E, self.res_den_E = np.zeros(inp.n_edges), np.zeros(inp.n_edges)
+        self.residuals = EdgeResiduals(inp.n_edges)
 
     @property
     def residual(self) -> float:
-        return float(self.res_num_E.sum() / max(self.res_den_E.sum(), 1e-12))
+        return self.residuals.residual
 
     @property
     def edge_residual_E(self) -> np.ndarray:
-        return self.res_num_E / np.maximum(self.res_den_E, 1e-12)
+        return self.residuals.edge_residual_E
 
     def images(self) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
         """Per image: index, world points (H, W, 3) float32 (0 where invalid), confidence (H, W), valid (H, W)."""
@@ -108,8 +108,8 @@ class DenseFusion:
         for c in chunks:
             Y, w = kept if kept is not None else self._views(edge_V[c], side_V[c])[:2]
             w = w * valid  # residuals ignore the robust weights, so that outlier edges stand out
-            self.res_num_E[edge_V[c]] += (w * torch.linalg.norm(Y - pts, dim=-1)).sum(1).cpu().numpy()
-            self.res_den_E[edge_V[c]] += w.sum(1).cpu().numpy()
+            self.residuals.add(edge_V[c], (w * torch.linalg.norm(Y - pts, dim=-1)).sum(1).cpu().numpy(),
+                               w.sum(1).cpu().numpy())
         return pts.cpu().numpy(), conf.cpu().numpy(), valid.cpu().numpy()
 
 

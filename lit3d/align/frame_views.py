@@ -25,3 +25,24 @@ class FrameViews:
 
     def count(self, frame: int) -> int:
         return int(self._start[frame + 1] - self._start[frame])
+
+
+class EdgeResiduals:
+    """Weighted mean distance of each edge's views to their frames' fused points, accumulated as frames are fused
+    (in the labels' unit): ``add`` the sums of some views, read ``residual`` (all edges) or ``edge_residual_E``."""
+
+    def __init__(self, n_edges: int):
+        self.num_E, self.den_E = np.zeros(n_edges), np.zeros(n_edges)
+
+    def add(self, edge_V: np.ndarray, weighted_dist_V: np.ndarray, weight_V: np.ndarray) -> None:
+        """Sums over pixels of views ``edge_V`` (one view per edge: a frame's views are distinct edges)."""
+        self.num_E[edge_V] += weighted_dist_V
+        self.den_E[edge_V] += weight_V
+
+    @property
+    def residual(self) -> float:
+        return float(self.num_E.sum() / max(self.den_E.sum(), 1e-12))
+
+    @property
+    def edge_residual_E(self) -> np.ndarray:
+        return self.num_E / np.maximum(self.den_E, 1e-12)

@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
-from lit3d.align.frame_views import FrameViews
+from lit3d.align.frame_views import EdgeResiduals, FrameViews
 from lit3d.align.result import AlignResult
 
 log = logging.getLogger(__name__)
@@ -61,17 +61,17 @@ class KnownPoseFusion:
         self.hw = tuple(pred["pts_i"].shape[1:3])
         self.cam2world_N44 = np.asarray(cam2world_N44, np.float64)
         self.views = FrameViews(self.edges_E2, n_frames)
-        self._res_num_E, self._res_den_E = np.zeros(E), np.zeros(E)
+        self.residuals = EdgeResiduals(E)
         self.valid_pixels = self.pixels = 0
 
     @property
     def residual(self) -> float:
         """Mean confidence-weighted distance (m) of the fused views' predictions to their frame's fused points."""
-        return float(self._res_num_E.sum() / max(self._res_den_E.sum(), 1e-12))
+        return self.residuals.residual
 
     @property
     def edge_residual_E(self) -> np.ndarray:
-        return self._res_num_E / np.maximum(self._res_den_E, 1e-12)
+        return self.residuals.edge_residual_E
 
     def frames(self, indices: Iterable[int] | None = None) -> Iterator[FusedFrame]:
         """Fused frames ``indices`` (default: all), one at a time."""
@@ -100,8 +100,8 @@ class KnownPoseFusion:
         for c in chunks:
             pts_VHW3, w_VHW = kept if kept is not None else self._world_views(edge_V[c], side_V[c])
             w_VHW = w_VHW * valid
-            self._res_num_E[edge_V[c]] += (w_VHW * np.linalg.norm(pts_VHW3 - fused, axis=-1)).sum((1, 2))
-            self._res_den_E[edge_V[c]] += w_VHW.sum((1, 2))
+            self.residuals.add(edge_V[c], (w_VHW * np.linalg.norm(pts_VHW3 - fused, axis=-1)).sum((1, 2)),
+                               w_VHW.sum((1, 2)))
         self.valid_pixels += int(valid.sum())
         self.pixels += valid.size
         return FusedFrame(frame, fused.astype(np.float32), conf.astype(np.float32), valid)
