@@ -68,6 +68,13 @@ class LoaderConfig:
     crops); the focal length scales with it."""
     shift: float = 0.1
     """Geometric augmentation: principal-point shift uniform in +- this fraction of the image size."""
+    tilt_deg: float = 0.0
+    """Geometric augmentation: out-of-plane camera rotation (pitch and yaw, each uniform in +- this many degrees)
+    about the camera centre: a homography of the image that needs no depth; labels keep their values."""
+    view_shift: float = 0.0
+    """Geometric augmentation: camera translation (each camera axis uniform in +- this fraction of the view's
+    median label depth): the view is re-rendered from its labels with parallax (forward warping, nearest surface
+    wins, disocclusions invalid); needs labels with depth. 0 = off."""
     preload: str = "auto"
     """Hold every frame in memory at the student resolution (``true``), read each item from the cache when it is
     needed (``false``: caches larger than memory), or preload when the frames fit ``memory_budget_gb`` (``auto``)."""

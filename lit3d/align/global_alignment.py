@@ -2,22 +2,23 @@
 
 Pipeline per connected component: sample pixels -> spanning-tree init (chained Umeyama) -> Adam on the samples
 (per image pose, focal, log-depth; per edge pose and scale) -> express in the output frame -> dense closed-form
-fusion. Output frames: ``dataset`` (known poses fixed, or a final Sim(3) fit to their centres), else
-``first_camera`` (camera 0 at the origin; scale normalised so the median distance of the points to it is 1, or
-the teacher's metres when ``metric``).
+fusion, frame by frame (:class:`lit3d.align.dense.DenseFusion`: :func:`solve_global` gives the small solution,
+from which the label cache streams frames to disk; :func:`global_alignment` collects them in memory). Output
+frames: ``dataset`` (known poses fixed, or a final Sim(3) fit to their centres), else ``first_camera`` (camera 0
+at the origin; scale normalised so the median distance of the points to it is 1, or the teacher's metres when
+``metric``).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 from lit3d.align.config import AlignConfig
-from lit3d.align.dense import Solution, fuse_dense
+from lit3d.align.dense import DenseFusion, SolvedAlignment, Solution, one_torch_thread
 from lit3d.align.init import State, connected_components, fit_edges, init_state, world_points
 from lit3d.align.inputs import EdgeInputs, check_inputs, conf_weight, gather_samples, sample_pixels
 from lit3d.align.optimize import OptimConfig, optimise, robust_weight
@@ -91,7 +92,15 @@ def _known_arrays(inp: EdgeInputs, known_poses, known_intrinsics, mode: str):
 
 def align_global(cfg: AlignConfig, inp: EdgeInputs, known_poses=None, known_intrinsics=None,
                  metric: bool = False) -> AlignResult:
-    """Checked inputs -> :class:`AlignResult`; disconnected graphs per ``cfg.on_disconnected``."""
+    """Checked inputs -> :class:`AlignResult` with every frame's pointmap in memory; disconnected graphs per
+    ``cfg.on_disconnected``."""
+    return DenseFusion(inp, solve_global(cfg, inp, known_poses, known_intrinsics, metric)).result()
+
+
+def solve_global(cfg: AlignConfig, inp: EdgeInputs, known_poses=None, known_intrinsics=None,
+                 metric: bool = False) -> SolvedAlignment:
+    """The sparse stage: cameras and edge similarities in the output frame, for :class:`DenseFusion` (memory: the
+    pixel subsample of every edge, never the dense predictions)."""
     if cfg.known_pose_mode not in KNOWN_POSE_MODES:
         raise ValueError(f"align.known_pose_mode: unknown mode {cfg.known_pose_mode!r}; "
                          f"valid: {', '.join(KNOWN_POSE_MODES)}")
@@ -101,7 +110,7 @@ def align_global(cfg: AlignConfig, inp: EdgeInputs, known_poses=None, known_intr
     in_edges[inp.edges_E2.ravel()] = True
     comps = np.unique(labels[in_edges])
     if len(comps) == 1 and in_edges.all():
-        return _align_connected(cfg, inp, poses, K, metric)
+        return _solve_connected(cfg, inp, poses, K, metric)
     members = [np.flatnonzero(labels == c) for c in comps]  # images in no edge have nothing to align
     if len(comps) > 1 and cfg.on_disconnected != "components":
         shown = "; ".join(_ranges(m) for m in members[:8]) + ("; ..." if len(comps) > 8 else "")
@@ -121,33 +130,34 @@ def _ranges(ids: np.ndarray) -> str:
     return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in zip(starts, ends))
 
 
-def _merge_components(cfg, inp, poses, K, metric, labels, members) -> AlignResult:
-    N, (H, W) = inp.n_images, inp.hw
-    pts = np.zeros((N, H, W, 3), np.float32)
-    conf, valid = np.ones((N, H, W), np.float32), np.zeros((N, H, W), bool)
-    cam2world, focals, K_out = np.full((N, 4, 4), np.nan), np.full(N, np.nan), np.full((N, 3, 3), np.nan)
-    edge_res, edge_scale = np.zeros(inp.n_edges), np.zeros(inp.n_edges)
+def _merge_components(cfg, inp, poses, K, metric, labels, members) -> SolvedAlignment:
+    """Each component solved on its own, gathered into one solution of every frame and edge."""
+    N, E = inp.n_images, inp.n_edges
+    cam2world, K_out = np.full((N, 4, 4), np.nan), np.full((N, 3, 3), np.nan)
+    s_E, R_E33, t_E3, side_w_E2 = np.zeros(E), np.tile(np.eye(3), (E, 1, 1)), np.zeros((E, 3)), np.zeros((E, 2))
+    one_thread = np.zeros(N, bool)
     if poses is not None:  # images in no edge keep their known pose
         cam2world[np.isfinite(poses).all(axis=(1, 2))] = poses[np.isfinite(poses).all(axis=(1, 2))]
     if K is not None:
-        K_out, focals = K.copy(), 0.5 * (K[:, 0, 0] + K[:, 1, 1])
+        K_out = K.copy()
     component = np.full(N, -1)
     frames, units, stats = set(), set(), {}
     for c, ids in enumerate(members):
         emask = labels[inp.edges_E2[:, 0]] == labels[ids[0]]
-        sub = _align_connected(cfg, inp.subset(emask, ids), None if poses is None else poses[ids],
+        sub = _solve_connected(cfg, inp.subset(emask, ids), None if poses is None else poses[ids],
                                None if K is None else K[ids], metric)
-        pts[ids], conf[ids], valid[ids] = sub.pts_world_NHW3, sub.conf_NHW, sub.valid_NHW
-        cam2world[ids], focals[ids], K_out[ids] = sub.cam2world_N44, sub.focals_N, sub.K_N33
-        edge_res[emask], edge_scale[emask] = sub.edge_residual_E, sub.edge_scale_E
+        cam2world[ids], K_out[ids], one_thread[ids] = sub.sol.cam2world_N44, sub.sol.K_N33, sub.one_thread_N
+        s_E[emask], R_E33[emask], t_E3[emask] = sub.sol.s_E, sub.sol.R_E33, sub.sol.t_E3
+        side_w_E2[emask] = sub.sol.side_weight_E2
         component[ids] = c
         frames.add(sub.frame)
         units.add(sub.unit)
         stats[f"component_{c}"] = sub.stats
-    return AlignResult(pts, conf, valid, cam2world, frame=frames.pop() if len(frames) == 1 else "first_camera",
-                       unit=units.pop() if len(units) == 1 else "normalised", residual=float(edge_res.mean()),
-                       edge_residual_E=edge_res, focals_N=focals, K_N33=K_out, edge_scale_E=edge_scale,
-                       component_N=component, stats=stats)
+    return SolvedAlignment(Solution(cam2world, K_out, s_E, R_E33, t_E3, side_w_E2),
+                           frame=frames.pop() if len(frames) == 1 else "first_camera",
+                           unit=units.pop() if len(units) == 1 else "normalised", min_conf=cfg.min_conf,
+                           chunk=cfg.chunk_edges, device=sub.device, one_thread_N=one_thread, component_N=component,
+                           stats=stats)
 
 
 def fit_sim3_to_poses(R_est_K33, t_est_K3, R_known_K33, t_known_K3) -> tuple[float, np.ndarray, np.ndarray]:
@@ -198,31 +208,25 @@ def _to_output_frame(state: State, poses, known, fixed, to_out, scale_fixed: boo
     return state.apply_sim3(scale, np.eye(3), c - scale * c), frame, unit
 
 
-@contextmanager
-def _threads_for(device: torch.device, n_views: int):
-    """One torch CPU thread while a small problem (``n_views`` < ``SINGLE_THREAD_VIEWS``) is aligned on a CPU."""
-    before = torch.get_num_threads()
-    single = device.type == "cpu" and n_views < SINGLE_THREAD_VIEWS and before > 1
-    if single:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if single:
-            torch.set_num_threads(before)
+def _one_thread(device: torch.device, n_views: int) -> bool:
+    """Whether a problem of ``n_views`` sampled point views runs on one torch CPU thread (``SINGLE_THREAD_VIEWS``)."""
+    return device.type == "cpu" and n_views < SINGLE_THREAD_VIEWS
 
 
-def _align_connected(cfg: AlignConfig, inp: EdgeInputs, poses, K, metric: bool) -> AlignResult:
+def _solve_connected(cfg: AlignConfig, inp: EdgeInputs, poses, K, metric: bool) -> SolvedAlignment:
     t0 = time.perf_counter()
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     idx_NP = sample_pixels(inp, cfg.n_pixels, cfg.sampling, cfg.chunk_edges)
-    with _threads_for(device, 2 * inp.n_edges * idx_NP.shape[1]):
-        return _align_sampled(cfg, inp, poses, K, metric, device, idx_NP, t0)
+    one_thread = _one_thread(device, 2 * inp.n_edges * idx_NP.shape[1])
+    with one_torch_thread(one_thread):
+        solved = _solve_sampled(cfg, inp, poses, K, metric, device, idx_NP, t0)
+    solved.one_thread_N = np.full(inp.n_images, one_thread)
+    return solved
 
 
-def _align_sampled(cfg: AlignConfig, inp: EdgeInputs, poses, K, metric: bool, device: torch.device,
-                   idx_NP: np.ndarray, t0: float) -> AlignResult:
+def _solve_sampled(cfg: AlignConfig, inp: EdgeInputs, poses, K, metric: bool, device: torch.device,
+                   idx_NP: np.ndarray, t0: float) -> SolvedAlignment:
     """Alignment of a connected graph on the pixels ``idx_NP`` (N, P); ``t0`` its start (perf_counter)."""
     N, (H, W) = inp.n_images, inp.hw
     uv_NP2 = np.stack([idx_NP % W, idx_NP // W], -1).astype(np.float64)
@@ -272,15 +276,11 @@ def _align_sampled(cfg: AlignConfig, inp: EdgeInputs, poses, K, metric: bool, de
         cam2world[fixed] = poses[fixed]  # exactly the given matrices, not a float32 round trip
     side_w = robust_weight(side_dist_E2, cfg.robust, cfg.robust_scale)
     sol = Solution(cam2world, state.K_N33, state.s_E / smp.pred_scale, state.R_E33, state.t_E3, side_w)
-    dense = fuse_dense(inp, sol, cfg.min_conf, cfg.chunk_edges, device)
-    t3 = time.perf_counter()
     stats = {"nonfinite_pixels": smp.nonfinite, "nonfinite_edges": smp.nonfinite_edges,
              "iterations": cfg.iterations, "n_pixels": int(idx_NP.shape[1]), **loss, "seconds_init": t1 - t0,
-             "seconds_optimise": t2 - t1, "seconds_dense": t3 - t2, "device": str(device)}
-    log.info("global alignment: %d images, %d edges, %d px/image, loss %.4g -> %.4g, residual %.4g %s, "
-             "%.1f s (init %.1f, optimise %.1f, dense %.1f)", N, inp.n_edges, idx_NP.shape[1], loss["loss_first"],
-             loss["loss_final"], dense["residual"], unit, t3 - t0, t1 - t0, t2 - t1, t3 - t2)
-    return AlignResult(dense["pts_NHW3"], dense["conf_NHW"], dense["valid_NHW"], cam2world, frame=frame, unit=unit,
-                       residual=dense["residual"], edge_residual_E=dense["edge_residual_E"],
-                       focals_N=0.5 * (state.K_N33[:, 0, 0] + state.K_N33[:, 1, 1]), K_N33=state.K_N33,
-                       edge_scale_E=sol.s_E, stats=stats)
+             "seconds_optimise": t2 - t1, "device": str(device)}
+    log.info("global alignment: solved %d images, %d edges, %d px/image, loss %.4g -> %.4g, %.1f s (init %.1f, "
+             "optimise %.1f); dense fusion follows frame by frame", N, inp.n_edges, idx_NP.shape[1],
+             loss["loss_first"], loss["loss_final"], time.perf_counter() - t0, t1 - t0, t2 - t1)
+    return SolvedAlignment(sol, frame, unit, cfg.min_conf, cfg.chunk_edges, str(device),
+                           one_thread_N=np.zeros(N, bool), stats=stats)

@@ -3,8 +3,9 @@
 For each size, a fresh process renders the synthetic scene (cached in a temporary ``cache_dir``), then another
 fresh process labels it (``build_labels``: teacher, alignment, frames), so that each peak resident memory
 (``VmHWM``) is that step's own. Defaults: depth teacher, ``pairs.graph=swin-3``, ``align.method=known_poses``,
-96x128 labels, CPU; any config key overrides them. The ratio column is each size's labelling peak over the
-smallest size's: near 1 when memory does not grow with the number of frames.
+96x128 labels, CPU; any config key overrides them (``align.method=global`` measures global alignment). The ratio
+column is each size's labelling peak over the smallest size's: near 1 when memory does not grow with the number of
+frames.
 """
 from __future__ import annotations
 

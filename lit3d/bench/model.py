@@ -89,11 +89,17 @@ def time_forward(fn, n_items: int, iters: int, warmup: int, max_seconds: float,
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), n_items * len(times) / sum(times), cpu_ms, gmac
 
 
-def parse_student(spec: str, extra: list[str] | None = None):
-    """Student config of ``NAME`` or ``NAME:key=value,key=value`` (student.* fields, typed by the config)."""
+def parse_component(group: str, spec: str, extra: list[str] | None = None):
+    """Config of ``NAME`` or ``NAME:key=value,key=value`` for ``group`` (student or teacher; fields typed by the
+    config)."""
     name, _, kv = spec.partition(":")
     items = re.split(r",(?=[A-Za-z_][\w.]*=)", kv)  # commas inside list values ([8,16]) do not split
-    return load_config([f"student={name}", *(f"student.{x}" for x in items if x), *(extra or [])])
+    return load_config([f"{group}={name}", *(f"{group}.{x}" for x in items if x), *(extra or [])])
+
+
+def parse_student(spec: str, extra: list[str] | None = None):
+    """Student config of ``NAME`` or ``NAME:key=value,key=value`` (student.* fields, typed by the config)."""
+    return parse_component("student", spec, extra)
 
 
 RUNTIMES = ("eager", "torchscript", "onnxruntime")

@@ -2,8 +2,9 @@
 
 Teacher inference runs as Lightning ``Trainer.predict`` with a writer that stores one shard of edges per
 batch, so ``trainer.devices=N`` (GPUs, or CPU processes over DDP/gloo) splits the pairs and an interrupted run
-only recomputes missing shards. Alignment then runs once, on rank 0; its result is stored until every frame is
-written atomically with its checksum, so a build killed at any point resumes to the same cache.
+only recomputes missing shards. Alignment then runs once, on rank 0, and streams its frames to disk in batches;
+a global alignment's solution (or a world-label teacher's labels) is stored until every frame is written
+atomically with its checksum, so a build killed at any point resumes to the same cache.
 """
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from tqdm.auto import tqdm
 
-from lit3d.align import align_predictions
+from lit3d.align.dense import DenseFusion, SolvedAlignment
+from lit3d.align.global_alignment import solve_global
+from lit3d.align.inputs import check_inputs
 from lit3d.align.known_poses import KnownPoseFusion
 from lit3d.cache.store import CacheError, LabelCache, write_json
 from lit3d.data import Scene, load_scene
@@ -36,7 +39,8 @@ from lit3d.teachers import OUTPUT_KEYS, FrameTransform, Teacher, create_teacher
 log = logging.getLogger(__name__)
 
 ALIGNED_FILE = "aligned.npz"
-"""World pointmaps of every frame, kept from alignment until the cache is complete (resume point)."""
+"""Kept from alignment until the cache is complete (resume point): global alignment's solution (cameras and edge
+similarities, small), or the world pointmaps of a teacher that gives world labels."""
 FRAMES_PER_COMMIT = 32
 """Frames written between two updates of ``checksums.json`` (each update rewrites the whole file)."""
 LOCK_FILE = ".lock"
@@ -213,64 +217,100 @@ def _aligned(cfg, cache: LabelCache, scene: Scene, teacher: Teacher, edges_E2: n
     in the order of ``cache.frames``, their info (complete once the iterator is exhausted), and whether they were
     just computed by a method that may not reproduce them (then frames already in the cache must be rewritten).
 
-    ``known_poses`` fuses frame by frame from the lazily read teacher shards, so neither the predictions nor the
-    labels of all frames are held at once; it is deterministic, so a resumed build fuses again and skips the frames
-    already written. Other methods return every frame at once; their result is stored in ``aligned.npz`` until the
-    cache is complete so that a resumed build writes its remaining frames from the very same alignment, even when
-    the alignment is not bit-reproducible (optimisation, thread counts).
+    Both alignment methods fuse frame by frame from the lazily read teacher shards, so neither the predictions nor
+    the labels of all frames are held at once. ``known_poses`` is deterministic, so a resumed build fuses again and
+    skips the frames already written. ``global`` first solves cameras and edge similarities on a pixel subsample;
+    that solution is stored in ``aligned.npz`` until the cache is complete, so that a resumed build fuses its
+    remaining frames from the very same solution even though the optimisation is not bit-reproducible (thread
+    counts). A teacher that gives world labels returns every frame at once; they are stored the same way.
     """
-    path = cache.root / ALIGNED_FILE
     name_to_idx = {n: i for i, n in enumerate(scene.frame_names)}
     idx = [name_to_idx[n] for n in cache.frames]
-    if path.is_file():
-        try:
-            with np.load(path) as f:
-                arrays = {k: f[k] for k in ("pts_world", "conf", "valid")}
-                info = json.loads(str(f["info"]))
-            if info.pop("manifest_hash") != cache.manifest["hash"]:
-                raise CacheError("it was computed for another manifest")
-            log.info("resuming from the stored alignment %s", path)
-            return _frames_of(arrays, idx), info, False
-        except Exception as e:
-            log.warning("stored alignment %s is unreadable (%s): aligning again", path, e)
-            path.unlink(missing_ok=True)
-    pred = None
-    if not teacher.gives_world_labels:
-        stored_edges, pred = cache.load_pairs(n_shards)
-        if not np.array_equal(stored_edges, edges_E2):
-            raise CacheError(f"teacher shards of {cache.root} do not match the scene graph; "
-                             f"delete {cache.root / 'pairs'}")
-    if pred is not None and cfg.align.method == "known_poses":
+    if teacher.gives_world_labels:
+        return _world_labels(cfg, cache, scene, teacher, idx)
+    stored_edges, pred = cache.load_pairs(n_shards)
+    if not np.array_equal(stored_edges, edges_E2):
+        raise CacheError(f"teacher shards of {cache.root} do not match the scene graph; delete {cache.root / 'pairs'}")
+    fresh = False
+    if cfg.align.method == "known_poses":
         fusion = KnownPoseFusion(edges_E2, pred, len(scene), scene.cam2world_N44, teacher.metric and scene.metric,
                                  cfg.align.min_conf)
-        info = {"frame": fusion.frame, "unit": fusion.unit,
-                "cameras_sha256": _store_cameras(cache, scene, teacher, fusion, idx)}
-
-        def fused() -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-            for f in fusion.frames(idx):
-                yield f.index, {"pts_world": f.pts_world_HW3, "conf": f.conf_HW, "valid": f.valid_HW}
-            fusion.log_summary()
-            info.update(residual=fusion.residual, valid_fraction=fusion.valid_pixels / max(fusion.pixels, 1))
-
-        return fused(), info, False
-    if pred is None:
-        result = teacher.world_labels(scene, cache.frames, teacher.frame_transform(*scene.image_size),
-                                      cfg.align.min_conf)
     else:
-        # the predictions live on the teacher's grid (resized and cropped), and so must the known intrinsics
-        transform = teacher.frame_transform(*scene.image_size)
-        K_grid_N33 = np.stack([transform.intrinsics(K_33) for K_33 in scene.K_N33])
-        result = align_predictions(cfg.align, edges_E2, pred, len(scene), K_grid_N33, scene.cam2world_N44,
-                                   metric=teacher.metric and scene.metric)
-        del pred
+        fusion, fresh = _global_fusion(cfg, cache, scene, teacher, edges_E2, pred)
+    info = {"frame": fusion.frame, "unit": fusion.unit,
+            "cameras_sha256": _store_cameras(cache, scene, teacher, fusion, idx, solved_K=cfg.align.method == "global"
+                                             and not cfg.align.use_known_intrinsics)}
+
+    def fused() -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        for f in fusion.frames(idx):
+            yield f.index, {"pts_world": f.pts_world_HW3, "conf": f.conf_HW, "valid": f.valid_HW}
+        fusion.log_summary()
+        info.update(residual=float(fusion.residual), valid_fraction=fusion.valid_pixels / max(fusion.pixels, 1))
+
+    return fused(), info, fresh
+
+
+def _stored_alignment(cache: LabelCache, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The arrays of ``aligned.npz`` (with ``info``) when it holds ``keys`` and belongs to this manifest; else None
+    (and the file is removed)."""
+    path = cache.root / ALIGNED_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as f:
+            missing = sorted(set(keys) - set(f.files))
+            if missing:
+                raise CacheError(f"it holds no {', '.join(missing)}")
+            arrays = {k: f[k] for k in f.files}
+        if json.loads(str(arrays["info"])).get("manifest_hash") != cache.manifest["hash"]:
+            raise CacheError("it was computed for another manifest")
+        log.info("resuming from the stored alignment %s", path)
+        return arrays
+    except Exception as e:
+        log.warning("stored alignment %s is unreadable (%s): aligning again", path, e)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _global_fusion(cfg, cache: LabelCache, scene: Scene, teacher: Teacher, edges_E2: np.ndarray,
+                   pred) -> tuple[DenseFusion, bool]:
+    """Global alignment's dense fusion of the shards ``pred``, from the stored solution or a new one (stored at once);
+    and whether the solution is new."""
+    inp = check_inputs(edges_E2, pred["pts_i"], pred["pts_j_in_i"], pred["conf_i"], pred["conf_j"],
+                       pred.get("valid_i"), pred.get("valid_j"), n_images=len(scene))
+    stored = _stored_alignment(cache, SolvedAlignment.REQUIRED)
+    if stored is not None:
+        return DenseFusion(inp, SolvedAlignment.from_arrays(stored)), False
+    # the predictions live on the teacher's grid (resized and cropped), and so must the known intrinsics
+    transform = teacher.frame_transform(*scene.image_size)
+    K_grid_N33 = np.stack([transform.intrinsics(K_33) for K_33 in scene.K_N33])
+    solved = solve_global(cfg.align, inp, scene.cam2world_N44, K_grid_N33 if cfg.align.use_known_intrinsics else None,
+                          metric=teacher.metric and scene.metric)
+    if solved.frame == "dataset" and solved.unit == "m" and not scene.metric:  # poses of their own scale (COLMAP)
+        solved.unit = scene.source.get("unit", "dataset")
+    atomic_save_npz(cache.root / ALIGNED_FILE, **solved.to_arrays(),
+                    info=np.array(json.dumps({"manifest_hash": cache.manifest["hash"]})))
+    return DenseFusion(inp, solved), True
+
+
+def _world_labels(cfg, cache: LabelCache, scene: Scene, teacher: Teacher,
+                  idx: list[int]) -> tuple[Iterator[tuple[int, dict[str, np.ndarray]]], dict, bool]:
+    """:func:`_aligned` for a teacher that gives world labels of every frame at once (stored until complete)."""
+    keys = ("pts_world", "conf", "valid")
+    stored = _stored_alignment(cache, keys)
+    if stored is not None:
+        info = json.loads(str(stored.pop("info")))
+        info.pop("manifest_hash")
+        return _frames_of({k: stored[k] for k in keys}, idx), info, False
+    result = teacher.world_labels(scene, cache.frames, teacher.frame_transform(*scene.image_size), cfg.align.min_conf)
     if result.frame == "dataset" and result.unit == "m" and not scene.metric:  # poses of their own scale (COLMAP)
         result.unit = scene.source.get("unit", "dataset")
     info = {"frame": result.frame, "unit": result.unit, "residual": float(result.residual),
             "valid_fraction": float(result.valid_NHW[idx].mean()),
-            "cameras_sha256": _store_cameras(cache, scene, teacher, result, idx, solved_K=not teacher.gives_world_labels
-                                             and cfg.align.method == "global" and not cfg.align.use_known_intrinsics)}
-    arrays = {"pts_world": result.pts_world_NHW3, "conf": result.conf_NHW, "valid": result.valid_NHW}
-    atomic_save_npz(path, **arrays, info=np.array(json.dumps({**info, "manifest_hash": cache.manifest["hash"]})))
+            "cameras_sha256": _store_cameras(cache, scene, teacher, result, idx)}
+    arrays = {k: v for k, v in zip(keys, (result.pts_world_NHW3, result.conf_NHW, result.valid_NHW))}
+    atomic_save_npz(cache.root / ALIGNED_FILE, **arrays,
+                    info=np.array(json.dumps({**info, "manifest_hash": cache.manifest["hash"]})))
     return _frames_of(arrays, idx), info, True
 
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from lit3d.cache.augment import sample_warp, warp_view
+from lit3d.cache.augment import Augmentation
 from lit3d.cache.store import LabelCache
 from lit3d.geometry import pixel_grid, project, scale_intrinsics, transform_points
 
@@ -148,12 +148,11 @@ class CachedFrames(Dataset):
     world frame and unit, ``conf`` / ``valid`` / ``depth`` (h, w), ``inside`` (h, w: the pixel shows the scene, False
     on augmentation padding), ``K`` (3, 3), ``cam2world`` (4, 4), both of the (augmented) view.
 
-    ``geometric`` is ``(rotation_deg, (scale_min, scale_max), shift)`` for random in-plane rotation, scale and shift
-    of every item (see :mod:`lit3d.cache.augment`), or None.
+    ``geometric`` is the random geometric :class:`~lit3d.cache.augment.Augmentation` of every item, or None.
     """
 
     def __init__(self, cache: LabelCache, names: list[str], size: tuple[int, int], color_jitter: float = 0.0,
-                 preload: bool = True, geometric: tuple[float, tuple[float, float], float] | None = None):
+                 preload: bool = True, geometric: Augmentation | None = None):
         self.cache, self.names, self.size, self.geometric = cache, list(names), tuple(size), geometric
         self.jitter = None
         if color_jitter > 0:
@@ -193,13 +192,12 @@ class CachedFrames(Dataset):
         item["image"] = image
         item["inside"] = torch.ones(self.size, dtype=torch.bool)
         if geometric and self.geometric is not None:
-            rotation_deg, scale_range, shift = self.geometric
-            item = warp_view(item, sample_warp(rotation_deg, scale_range, shift, self.size))
+            item = self.geometric(item)
         item["index"] = torch.tensor(k)
         return item
 
 
-def geometric_augmentation(loader_cfg) -> tuple[float, tuple[float, float], float] | None:
+def geometric_augmentation(loader_cfg) -> Augmentation | None:
     """``CachedFrames``' ``geometric`` argument from the ``loader.*`` keys (None when ``loader.geometric`` is off)."""
     c = loader_cfg
     if not c.geometric:
@@ -208,7 +206,10 @@ def geometric_augmentation(loader_cfg) -> tuple[float, tuple[float, float], floa
     if not (0 < lo <= hi) or c.rotation_deg < 0 or not 0 <= c.shift < 1:
         raise ValueError(f"loader.geometric: need rotation_deg >= 0, scale_range [min, max] with 0 < min <= max and "
                          f"0 <= shift < 1; got {c.rotation_deg}, {list(c.scale_range)}, {c.shift}")
-    return c.rotation_deg, (lo, hi), c.shift
+    if not 0 <= c.tilt_deg < 60 or not 0 <= c.view_shift < 1:
+        raise ValueError(f"loader.geometric: need 0 <= tilt_deg < 60 and 0 <= view_shift < 1; got tilt_deg "
+                         f"{c.tilt_deg}, view_shift {c.view_shift}")
+    return Augmentation(c.rotation_deg, (lo, hi), c.shift, c.tilt_deg, c.view_shift)
 
 
 def memory_budget_bytes(loader_cfg) -> int:

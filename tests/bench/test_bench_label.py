@@ -36,6 +36,8 @@ def test_render_and_label_steps_report_their_figures(tmp_path):
     assert row["labelled"] == 8 and row["pairs"] == 8 * 3 * 2  # swin-3, both directions
     assert row["peak_rss_MB"] >= render["render_peak_MB"] * 0.5 and row["s_per_frame"] == pytest.approx(
         row["seconds"] / 8)
+    row = _label([*args, "align.method=global", "align.iterations=10"])  # the method is a plain override
+    assert row["labelled"] == 8 and row["peak_rss_MB"] > 0
 
 
 def test_table_layout():

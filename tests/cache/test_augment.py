@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from lit3d.cache.augment import Warp, sample_warp, warp_view
+from scipy.spatial.transform import Rotation
+
+from lit3d.cache.augment import Augmentation, Warp, move_view, sample_move, sample_warp, warp_view
 from lit3d.geometry import backproject_depth, look_at, transform_points
 
 H, W = 48, 64
@@ -33,13 +35,15 @@ def source_pixel(u_new: float, v_new: float, warp: Warp) -> tuple[float, float]:
     # ray in the new camera: focal scaled, principal point shifted
     x_new = (u_new - cx - warp.shift_x) / (fx * warp.scale)
     y_new = (v_new - cy - warp.shift_y) / (fy * warp.scale)
-    # the new camera is the old one rolled by +angle about z: old ray = roll by -angle
-    c, s = math.cos(warp.angle), math.sin(warp.angle)
-    x_old, y_old = c * x_new + s * y_new, -s * x_new + c * y_new
-    return fx * x_old + cx, fy * y_old + cy
+    # the new camera's coordinates are R (old ones), R = roll about z after pitch about x and yaw about y
+    # (intrinsic Z-X-Y Euler angles): the old ray is R^T times the new one
+    R = Rotation.from_euler("ZXY", [warp.angle, warp.pitch, warp.yaw]).as_matrix()
+    x_old, y_old, z_old = R.T @ np.array([x_new, y_new, 1.0])
+    return fx * x_old / z_old + cx, fy * y_old / z_old + cy
 
 
-WARPS = [Warp(math.radians(12), 1.3, 3.0, -2.0), Warp(math.radians(-25), 0.7, -4.0, 1.5), Warp(0.0, 1.0, 0.0, 0.0)]
+WARPS = [Warp(math.radians(12), 1.3, 3.0, -2.0), Warp(math.radians(-25), 0.7, -4.0, 1.5), Warp(0.0, 1.0, 0.0, 0.0),
+         Warp(math.radians(5), 1.1, 1.0, 2.0, pitch=math.radians(9), yaw=math.radians(-7))]
 
 
 @pytest.mark.parametrize("warp", WARPS)
@@ -68,10 +72,12 @@ def test_augmented_labels_project_onto_their_own_pixels(warp):
     v, u = np.mgrid[0:H, 0:W]
     err = np.linalg.norm(uv - np.stack([u, v], -1), axis=-1)[out["valid"].numpy()]
     assert out["valid"].sum() > 0.3 * H * W
-    # nearest labels sit at most half a source pixel off along each axis: sqrt(0.5) * scale new pixels
-    assert err.max() < math.sqrt(0.5) * warp.scale + 1e-3
-    assert np.median(err) < 0.5 * warp.scale
-    # camera depths are unchanged by a roll about the optical axis: depth map and labels still agree
+    # nearest labels sit at most half a source pixel off along each axis: sqrt(0.5) * scale new pixels (a tilt
+    # magnifies the image by up to ~1 / cos^2 of the ray's angle to the new axis: a 20 % margin)
+    magnification = warp.scale * (1.2 if warp.pitch or warp.yaw else 1.0)
+    assert err.max() < math.sqrt(0.5) * magnification + 1e-3
+    assert np.median(err) < 0.5 * magnification
+    # the depth map is the labels' depth in the new camera (unchanged by a roll, recomputed for a tilt)
     depth = out["depth"].numpy()[out["valid"].numpy()]
     np.testing.assert_allclose(pts_cam[..., 2][out["valid"].numpy()], depth, rtol=1e-5, atol=1e-5)
 
@@ -175,7 +181,8 @@ def test_reprojection_loss_needs_poses_that_describe_the_labels():
 
 
 @pytest.mark.parametrize("bad", [["loader.scale_range=[1.5,0.5]"], ["loader.scale_range=[0,1]"], ["loader.shift=1.0"],
-                                 ["loader.rotation_deg=-1"], ["loader.scale_range=[1.0]"]])
+                                 ["loader.rotation_deg=-1"], ["loader.scale_range=[1.0]"], ["loader.tilt_deg=-2"],
+                                 ["loader.view_shift=1.5"]])
 def test_bad_augmentation_ranges_are_one_line_errors(bad):
     from lit3d.cache.datamodule import geometric_augmentation
     from lit3d.config import load_config
@@ -183,3 +190,148 @@ def test_bad_augmentation_ranges_are_one_line_errors(bad):
     with pytest.raises(ValueError, match="loader.geometric: need"):
         geometric_augmentation(load_config(bad).loader)
     assert geometric_augmentation(load_config([*bad, "loader.geometric=false"]).loader) is None
+
+
+@pytest.mark.parametrize("pitch_deg", [30.0, 80.0])
+def test_tilted_views_show_exactly_the_rays_that_meet_the_source_image(pitch_deg):
+    """A strong tilt sends some new rays behind the source camera: they are padding, never wrapped around."""
+    warp = Warp(pitch=math.radians(pitch_deg))
+    out = warp_view(make_item(), warp)
+    R = Rotation.from_euler("ZXY", [0.0, warp.pitch, 0.0]).as_matrix()
+    seen, behind = [], []
+    for v_new in range(0, H, 3):
+        for u_new in range(0, W, 7):
+            ray_old = R.T @ np.array([(u_new - K_33[0, 2]) / K_33[0, 0], (v_new - K_33[1, 2]) / K_33[1, 1], 1.0])
+            u, v = source_pixel(u_new, v_new, warp)
+            seen.append(ray_old[2] > 0 and -0.5 < u < W - 0.5 and -0.5 < v < H - 0.5)
+            behind.append(ray_old[2] <= 0)
+            assert bool(out["inside"][v_new, u_new]) == seen[-1]
+    assert any(seen) if pitch_deg == 30.0 else any(behind)
+
+
+def two_planes_item(fg_depth: float = 1.5, bg_depth: float = 3.0) -> dict[str, torch.Tensor]:
+    """A camera at the origin looking down +z (world = camera frame) at a square at ``fg_depth`` in front of a wall
+    at ``bg_depth``; every pixel labelled."""
+    K = np.array([[60.0, 0.0, (W - 1) / 2], [0.0, 60.0, (H - 1) / 2], [0.0, 0.0, 1.0]])
+    v, u = np.mgrid[0:H, 0:W].astype(np.float64)
+    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
+    depth = np.where(front_square(rays * fg_depth), fg_depth, bg_depth)
+    return {"image": torch.from_numpy(np.stack([depth == fg_depth, depth != fg_depth, u / W])).float(),
+            "pts_world": torch.from_numpy((rays * depth[..., None]).transpose(2, 0, 1).copy()).float(),
+            "conf": torch.ones(H, W), "valid": torch.ones(H, W, dtype=torch.bool),
+            "depth": torch.from_numpy(depth).float(), "K": torch.from_numpy(K).float(), "cam2world": torch.eye(4)}
+
+
+def front_square(pts_3: np.ndarray) -> np.ndarray:
+    return (np.abs(pts_3[..., 0]) < 0.3) & (np.abs(pts_3[..., 1]) < 0.25)
+
+
+def ray_cast_depth(K: np.ndarray, centre_3: np.ndarray, fg_depth: float = 1.5, bg_depth: float = 3.0) -> np.ndarray:
+    """(H, W) depth of the first surface of :func:`two_planes_item` seen by each pixel of an axis-aligned camera
+    at ``centre_3``, computed analytically."""
+    v, u = np.mgrid[0:H, 0:W].astype(np.float64)
+    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
+    hit_fg = front_square(centre_3 + rays * (fg_depth - centre_3[2]))
+    return np.where(hit_fg, fg_depth, bg_depth) - centre_3[2]
+
+
+def test_a_moved_view_keeps_no_offset_identity():
+    item = make_item()
+    out = move_view(item, torch.zeros(3))
+    ok = item["valid"]
+    assert torch.equal(out["valid"], ok) and torch.equal(out["cam2world"], item["cam2world"])
+    assert torch.equal(out["pts_world"][:, ok], item["pts_world"][:, ok])
+    assert torch.equal(out["image"][:, ok], item["image"][:, ok])
+
+
+@pytest.mark.parametrize("offset", [(0.08, 0.0, 0.0), (-0.05, 0.06, 0.0), (0.0, 0.0, 0.15), (0.04, -0.03, -0.1)])
+def test_a_moved_view_shows_the_nearest_surface_and_projects_onto_its_own_pixels(offset):
+    item = two_planes_item()
+    out = move_view(item, torch.tensor(offset))
+    median_depth = float(item["depth"].median())
+    centre = np.array(offset) * median_depth
+    np.testing.assert_allclose(out["cam2world"][:3, 3].numpy(), centre, atol=1e-6)
+    assert torch.equal(out["cam2world"][:3, :3], torch.eye(3)) and torch.equal(out["K"], item["K"])
+    K, ok = out["K"].double().numpy(), out["valid"].numpy()
+    pts_cam = out["pts_world"].double().permute(1, 2, 0).numpy() - centre
+    with np.errstate(divide="ignore", invalid="ignore"):  # unlabelled pixels hold zeros
+        uv = (pts_cam @ K.T)[..., :2] / pts_cam[..., 2:]
+    v, u = np.mgrid[0:H, 0:W]
+    err = np.linalg.norm(uv - np.stack([u, v], -1), axis=-1)[ok]
+    assert ok.mean() > 0.6 and err.max() <= math.sqrt(0.5) + 1e-4
+    np.testing.assert_allclose(out["depth"].numpy()[ok], pts_cam[..., 2][ok], rtol=1e-5)
+    # no label shows a point hidden behind the square: each lies on the first surface along its pixel's ray
+    # (except within a pixel of the square's silhouette, where rounding can pick either)
+    truth = ray_cast_depth(K, centre)
+    edge = np.zeros_like(ok)
+    for dv in (-1, 0, 1):
+        for du in (-1, 0, 1):
+            edge |= np.roll(truth, (dv, du), (0, 1)) != truth
+    assert np.all(np.abs(pts_cam[..., 2] - truth)[ok & ~edge] < 1e-4)
+    # disoccluded wall (hidden in the source view) has no label (its colour may come from a neighbour within the
+    # 2x2 splat footprint); padding is black
+    src_depth = item["depth"].numpy()
+    hidden = np.zeros_like(ok)
+    wall = (truth == 3.0 - centre[2]) & ~edge
+    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u, dtype=float)], -1)
+    wall_pts = centre + rays * truth[..., None]  # seen from the source camera at the origin:
+    su = np.round(wall_pts[..., 0] / wall_pts[..., 2] * K[0, 0] + K[0, 2]).astype(int)
+    sv = np.round(wall_pts[..., 1] / wall_pts[..., 2] * K[1, 1] + K[1, 2]).astype(int)
+    inside_src = (su >= 0) & (su < W) & (sv >= 0) & (sv < H)
+    hidden[inside_src] = src_depth[sv[inside_src], su[inside_src]] < 2.0
+    hidden &= wall
+    if hidden.any():
+        assert not out["valid"].numpy()[hidden].any()
+        assert out["image"].numpy()[:, ~out["inside"].numpy()].max() == 0
+
+
+def test_sampled_moves_and_tilts_stay_in_their_ranges():
+    g = torch.Generator().manual_seed(1)
+    moves = torch.stack([sample_move(0.2, g) for _ in range(500)])
+    assert moves.abs().max() <= 0.2 and moves.abs().max() > 0.19 and moves.mean(0).abs().max() < 0.02
+    tilts = np.degrees([[w.pitch, w.yaw] for w in (sample_warp(0.0, (1, 1), 0.0, (H, W), g, 10.0) for _ in range(500))])
+    assert np.abs(tilts).max() <= 10 and np.abs(tilts).max() > 9.5
+    # no tilt: the same random numbers as before tilts existed
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert sample_warp(15.0, (0.5, 2), 0.1, (H, W), a) == sample_warp(15.0, (0.5, 2), 0.1, (H, W), b, 0.0)
+    assert torch.equal(torch.rand(2, generator=a), torch.rand(2, generator=b))
+
+
+def test_augmentation_with_tilt_and_move_keeps_labels_on_their_pixels():
+    aug = Augmentation(10.0, (0.8, 1.25), 0.05, tilt_deg=8.0, view_shift=0.1)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        out = aug(make_item(), g)
+        K, T = out["K"].double().numpy(), out["cam2world"].double().numpy()
+        pts_cam = transform_points(np.linalg.inv(T), out["pts_world"].double().permute(1, 2, 0).numpy())
+        uv = (pts_cam @ K.T)[..., :2] / pts_cam[..., 2:]
+        v, u = np.mgrid[0:H, 0:W]
+        ok = out["valid"].numpy()
+        err = np.linalg.norm(uv - np.stack([u, v], -1), axis=-1)[ok]
+        # two nearest-neighbour resamplings: half a pixel each, magnified by the zoom and tilt
+        assert ok.mean() > 0.3 and np.median(err) < 0.6 and err.max() < 2.0
+        np.testing.assert_allclose(out["depth"].numpy()[ok], pts_cam[..., 2][ok], rtol=1e-4)
+        assert not ok[~out["inside"].numpy()].any()
+
+
+def test_datamodule_tilts_and_moves_training_views_from_the_config(tiny_cfg):
+    from lit3d.cache import build_labels
+    from lit3d.cache.datamodule import PointmapDataModule
+
+    cfg = tiny_cfg("student=mobilenetv3", "loader.color_jitter=0", "loader.tilt_deg=10", "loader.view_shift=0.1")
+    cache, _ = build_labels(cfg)
+    dm = PointmapDataModule(cache, cfg.loader)
+    dm.setup()
+    torch.manual_seed(0)
+    train = dm.datasets["train"]
+    raw, moved = train.item(0, geometric=False), train[0]
+    # the camera centre moved (a roll, zoom or shift alone never moves it)
+    assert (moved["cam2world"][:3, 3] - raw["cam2world"][:3, 3]).norm() > 1e-4
+    T, K = moved["cam2world"].double(), moved["K"].double()
+    pts_cam = (torch.linalg.inv(T)[:3, :3] @ moved["pts_world"].double().flatten(1)).T + torch.linalg.inv(T)[:3, 3]
+    uv = (pts_cam @ K.T)[:, :2] / pts_cam[:, 2:]
+    h, w = moved["valid"].shape
+    v, u = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ok = moved["valid"].flatten()
+    err = (uv - torch.stack([u.flatten(), v.flatten()], 1).double()).norm(dim=1)[ok]
+    assert ok.sum() > 0.2 * h * w and err.median() < 0.6 and err.max() < 2.5

@@ -104,11 +104,10 @@ def test_teacher_reproduces_golden_outputs(tmp_path: Path, name: str) -> None:
 
 
 def test_benchmark_row_and_table() -> None:
-    from lit3d.bench.teacher import format_table, run_one
+    from lit3d.bench.teacher import run_one
 
     row = run_one(tiny_teacher(), "tiny", (48, 64), "fp32", pairs=3, batch_size=2, warmup=0)
     assert row.pairs == 4 and row.batch == 2 and row.seconds > 0 and row.peak_mb > 0
-    assert "tiny" in format_table([row]).splitlines()[2]
 
 
 TINY_ARGS = ["teacher=dust3r", "teacher.random_init=true", "teacher.resolution=64", "teacher.enc_embed_dim=32",

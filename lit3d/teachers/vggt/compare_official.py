@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from lit3d.teachers.vggt.model import VggtArch, VggtNet, drop_unused
 TINY = VggtArch(img_size=56, embed_dim=32, dino_depth=2, dino_num_heads=2, depth=4, num_heads=2, camera_depth=1,
                 camera_num_heads=2, dpt_features=16, dpt_out_channels=(8, 16, 32, 32), dpt_layers=(0, 1, 2, 3))
 """The golden configuration: the official modules with narrow widths."""
+FULL_STRENGTH = 0.2
+"""Perturbation strength at full size: layer scales 0.1-0.2 (10x the release's init), noise 0.02 (its init std)."""
 OUTPUTS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf")
 
 
@@ -61,19 +64,21 @@ def official_model(root: Path, arch: VggtArch) -> torch.nn.Module:
     return model.eval()
 
 
-def perturb(model: torch.nn.Module, seed: int) -> None:
+def perturb(model: torch.nn.Module, seed: int, strength: float = 1.0) -> None:
     """Make every parameter matter: the release's init leaves layer scales at 0.01 and tokens at 1e-6; the camera
-    head's field-of-view biases are raised by 2 so that the decoded focal lengths are finite (ReLU'd fov > 0)."""
+    head's field-of-view biases are raised by 2 so that the decoded focal lengths are finite (ReLU'd fov > 0).
+    ``strength`` scales the layer scales and the added noise: 1 for the golden configuration; the full-size model's
+    72 residual blocks overflow to inf with it (every output non-finite), hence ``FULL_STRENGTH`` there."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=gen)
             if name.endswith("gamma"):
-                p.copy_(0.5 + 0.5 * noise.abs())
+                p.copy_(strength * (0.5 + 0.5 * noise.abs()))
             elif "norm" in name and name.endswith("weight"):
                 p.copy_(1 + 0.1 * noise)
             else:
-                p.add_(0.1 * noise)
+                p.add_(0.1 * strength * noise)
         model.camera_head.pose_branch.fc2.bias[7:] += 2.0
 
 
@@ -108,7 +113,7 @@ def golden(root: Path, out: Path) -> None:
         print(f"{k}: {((mine[k] - pred[k]).abs().max() / pred[k].abs().max()).item():.2e} relative")
 
 
-def full(root: Path, tsv: Path | None) -> None:
+def full(root: Path, tsv: Path | None, hw: tuple[int, int] = (392, 518)) -> None:
     sys.path.insert(0, str(root))
     from vggt.models.vggt import VGGT as Official
 
@@ -117,15 +122,32 @@ def full(root: Path, tsv: Path | None) -> None:
     if tsv is not None:
         rows = [f"{k}\t{tuple(v.shape)}\t{str(v.dtype).replace('torch.', '')}" for k, v in model.state_dict().items()]
         tsv.write_text("key\tshape\tdtype\n" + "\n".join(rows) + "\n")
-    perturb(model, 1)
+    perturb(model, 1, FULL_STRENGTH)
     ours = load_into(VggtNet(VggtArch()), drop_unused(model.state_dict()), "official").eval()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, ours = model.to(device), ours.to(device)
-    images = torch.rand(1, 2, 3, 392, 518, generator=torch.Generator().manual_seed(2)).to(device)
+    images = torch.rand(1, 2, 3, *hw, generator=torch.Generator().manual_seed(2)).to(device)
+    print(f"{sum(p.numel() for p in ours.parameters()) / 1e6:.1f} M parameters (lit3d), 2 views {hw[0]}x{hw[1]} "
+          f"on {device}", flush=True)
     with torch.no_grad():
-        theirs, mine = model(images), ours(images)
+        theirs, official_s = timed(model, images, device)
+        mine, lit3d_s = timed(ours, images, device)
+    print(f"forward seconds: official {official_s:.1f}, lit3d {lit3d_s:.1f} ({official_s / lit3d_s:.2f}x)")
     for k in OUTPUTS:
-        print(f"{k}: {((mine[k] - theirs[k]).abs().max() / theirs[k].abs().max()).item():.2e} relative")
+        finite = torch.isfinite(theirs[k]).float().mean().item()
+        print(f"{k}: {((mine[k] - theirs[k]).abs().max() / theirs[k].abs().max()).item():.2e} relative "
+              f"(max |official| {theirs[k].abs().max().item():.3g}, {100 * finite:.1f} % finite)")
+
+
+def timed(model: torch.nn.Module, images: torch.Tensor, device: str) -> tuple[dict, float]:
+    """``model(images)`` and its wall-clock seconds (synchronised on GPU)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = model(images)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - start
 
 
 def main() -> None:
@@ -133,12 +155,14 @@ def main() -> None:
     parser.add_argument("--official", type=Path, required=True, help="checkout of facebookresearch/vggt")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("golden").add_argument("out", type=Path)
-    sub.add_parser("full").add_argument("--tsv", type=Path)
+    full_args = sub.add_parser("full")
+    full_args.add_argument("--tsv", type=Path)
+    full_args.add_argument("--size", default="392x518", help="HxW of the 2 views (multiples of 14)")
     args = parser.parse_args()
     if args.cmd == "golden":
         golden(args.official, args.out)
     else:
-        full(args.official, args.tsv)
+        full(args.official, args.tsv, tuple(int(v) for v in args.size.split("x")))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 A chunk of ``teacher.chunk_size`` views goes through the network in one pass, which predicts every view's camera,
 depth and points in the chunk's first view's frame. Chunks share ``teacher.chunk_overlap`` views, through which
-each is mapped onto the ones before by a Sim(3) (:mod:`lit3d.teachers.vggt.stitch`). When the scene has poses the
+they are brought into the first chunk's frame by Sim(3)s, refined jointly where the chunks form a loop
+(``teacher.loop_closure``; :mod:`lit3d.teachers.vggt.stitch`). When the scene has poses the
 result is anchored to them (Sim(3) between camera centres): frame ``dataset``, in metres for a metric scene; else
 frame ``first_camera`` at VGGT's normalised scale. Frames are prepared as the official ``load_and_preprocess_images``
 (crop mode) does: width 518, height scaled and rounded to a multiple of 14, centre-cropped to 518 when taller.
@@ -27,7 +28,7 @@ from lit3d.teachers.config import TeacherConfig
 from lit3d.teachers.dust3r.checkpoint import (CHECKPOINT_DIR_ENV, CheckpointError, Checkpoint, load_into, read_pth,
                                               read_safetensors, sha256_file)
 from lit3d.teachers.vggt.model import VggtArch, VggtNet, decode_pose, drop_unused
-from lit3d.teachers.vggt.stitch import ViewSet, anchor_to_poses, chunk_ranges, stitch
+from lit3d.teachers.vggt.stitch import ViewSet, anchor_to_poses, chunk_frames, chunk_ranges, stitch
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,10 @@ class VggtTeacherConfig(TeacherConfig):
     """Views per forward pass (device memory grows with it; global attention is quadratic in views x tokens)."""
     chunk_overlap: int = 4
     """Views shared by consecutive chunks, through which each chunk is brought into the first one's frame."""
+    loop_closure: bool = False
+    """One more chunk joining the first and last views (chunk_size / 2 of each), for trajectories that return to
+    their start (orbits, loops): the chunks then form a ring whose Sim(3)s are refined jointly on all shared views,
+    spreading the drift of the chain over the loop. Off: a chain of chunks."""
     points: str = "depth"
     """World points from ``depth`` (depth head unprojected through the predicted cameras, the more accurate
     branch per the VGGT authors) or ``point_head`` (the point head's own map)."""
@@ -84,6 +89,14 @@ class VggtTeacherConfig(TeacherConfig):
     """Architecture override: DPT widths of the 4 tapped layers, channels."""
     dpt_layers: list[int] = field(default_factory=list)
     """Architecture override: the 4 aggregator block pairs the DPT heads read."""
+
+    def __post_init__(self) -> None:
+        from lit3d.config import ConfigError
+
+        try:  # a bad overlap stops the config from loading, before any work
+            chunk_ranges(self.chunk_size + 1, self.chunk_size, self.chunk_overlap)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def arch(self) -> VggtArch:
         """VGGT-1B's architecture with the non-default overrides applied."""
@@ -168,7 +181,6 @@ class VggtTeacher(Teacher):
             raise ValueError(f"teacher.amp must be one of {', '.join(AMP_DTYPES)}, got {cfg.amp!r}")
         if cfg.points not in ("depth", "point_head"):
             raise ValueError(f"teacher.points must be depth or point_head, got {cfg.points!r}")
-        chunk_ranges(cfg.chunk_size + 1, cfg.chunk_size, cfg.chunk_overlap)  # validates the overlap
         self.cfg, self._weights = cfg, weights
         self.net = net.eval().requires_grad_(False)
 
@@ -178,7 +190,9 @@ class VggtTeacher(Teacher):
     def manifest(self) -> dict:
         arch = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.net.arch).items()}
         return {"name": "vggt", "arch": arch, "image_width": self.cfg.image_width, "chunk_size": self.cfg.chunk_size,
-                "chunk_overlap": self.cfg.chunk_overlap, "points": self.cfg.points, "amp": self.cfg.amp,
+                "chunk_overlap": self.cfg.chunk_overlap,
+                **({"loop_closure": True} if self.cfg.loop_closure else {}),  # off: earlier caches keep their key
+                "points": self.cfg.points, "amp": self.cfg.amp,
                 **self._weights}
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -214,12 +228,12 @@ class VggtTeacher(Teacher):
         index = {name: i for i, name in enumerate(scene.frame_names)}
         ids = np.array(sorted(index[name] for name in names))
         chunks = []
-        for start, end in chunk_ranges(len(ids), self.cfg.chunk_size, self.cfg.chunk_overlap):
-            images = np.stack([transform.image(scene.read_image(i)) for i in ids[start:end]])
+        for frames in chunk_frames(len(ids), self.cfg.chunk_size, self.cfg.chunk_overlap, self.cfg.loop_closure):
+            images = np.stack([transform.image(scene.read_image(i)) for i in ids[frames]])
             pred = {k: v.cpu().numpy() for k, v in
                     self.predict_views(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).items()}
             ok = np.isfinite(pred["pts_world"]).all(-1) & np.isfinite(pred["conf"]) & (pred["conf"] >= min_conf)
-            chunks.append(ViewSet(np.arange(start, end), pred["pts_world"], pred["conf"], ok,
+            chunks.append(ViewSet(frames, pred["pts_world"], pred["conf"], ok,
                                   pred["cam2world"].astype(np.float64)))
         views = stitch(chunks)
         frame, unit, residual = "first_camera", "normalised", 0.0
