@@ -54,6 +54,18 @@ def label_pixel_errors(item: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.nd
     return np.linalg.norm(uv - np.stack([u, v], -1), axis=-1), pts_cam[..., 2], ok
 
 
+def tiny_datamodule(tiny_cfg, *overrides: str):
+    """The set-up datamodule of the tiny synthetic scene with ``loader.*`` ``overrides``."""
+    from lit3d.cache import build_labels
+    from lit3d.cache.datamodule import PointmapDataModule
+
+    cfg = tiny_cfg("student=mobilenetv3", "loader.color_jitter=0", *overrides)
+    cache, _ = build_labels(cfg)
+    dm = PointmapDataModule(cache, cfg.loader)
+    dm.setup()
+    return dm
+
+
 WARPS = [Warp(math.radians(12), 1.3, 3.0, -2.0), Warp(math.radians(-25), 0.7, -4.0, 1.5), Warp(0.0, 1.0, 0.0, 0.0),
          Warp(math.radians(5), 1.1, 1.0, 2.0, pitch=math.radians(9), yaw=math.radians(-7))]
 
@@ -125,13 +137,10 @@ def test_sampled_warps_stay_in_their_ranges():
 
 
 def test_datamodule_augments_training_views_only_and_can_be_turned_off(tiny_cfg):
-    from lit3d.cache import build_labels
     from lit3d.cache.datamodule import PointmapDataModule
 
-    cfg = tiny_cfg("student=mobilenetv3", "loader.color_jitter=0")
-    cache, _ = build_labels(cfg)
-    dm = PointmapDataModule(cache, cfg.loader)
-    dm.setup()
+    dm = tiny_datamodule(tiny_cfg)
+    cache = dm.cache
     torch.manual_seed(0)
     train = dm.datasets["train"]
     raw, warped = train.item(0, geometric=False), train[0]
@@ -313,13 +322,7 @@ def test_augmentation_with_tilt_and_move_keeps_labels_on_their_pixels():
 
 
 def test_datamodule_tilts_and_moves_training_views_from_the_config(tiny_cfg):
-    from lit3d.cache import build_labels
-    from lit3d.cache.datamodule import PointmapDataModule
-
-    cfg = tiny_cfg("student=mobilenetv3", "loader.color_jitter=0", "loader.tilt_deg=10", "loader.view_shift=0.1")
-    cache, _ = build_labels(cfg)
-    dm = PointmapDataModule(cache, cfg.loader)
-    dm.setup()
+    dm = tiny_datamodule(tiny_cfg, "loader.tilt_deg=10", "loader.view_shift=0.1")
     torch.manual_seed(0)
     train = dm.datasets["train"]
     raw, moved = train.item(0, geometric=False), train[0]
