@@ -43,6 +43,11 @@ class DataConfig:
     """folder, sevenscenes, images: path of a 3x3 K file (pixels, at the images' native size) that replaces the
     format's default (folder: ``root/camera-intrinsics.txt``; sevenscenes: colour camera f = 525 px; images: from
     ``hfov_deg``)."""
+    depth_intrinsics: str = ""
+    """folder: path of the depth camera's 3x3 K (pixels, at the depth images' native size) when depth is not
+    registered to colour, e.g. raw 7-Scenes (depth f = 585 px, colour f ~ 525 px): depth is re-sampled into the
+    colour camera (same centre and pose; the sensors' few-cm baseline is ignored). Empty: depth is registered
+    (same K as the colour image)."""
     depth_scale: float = 1000.0
     """folder: depth PNG units per metre (1000 = millimetres, as 7-Scenes/12Scenes; TUM RGB-D uses 5000)."""
     hfov_deg: float = 60.0

@@ -5,7 +5,8 @@ Layout of ``data.root``::
     camera-intrinsics.txt        3x3 K in pixels at the images' native size (``data.intrinsics`` overrides)
     frame-XXXXXX.color.jpg|png   RGB, all frames the same size
     frame-XXXXXX.depth.png       uint16 z-depth, ``data.depth_scale`` units per metre, 0 and 65535 = invalid,
-                                 registered to the colour image (optional: all frames or none)
+                                 registered to the colour image unless ``data.depth_intrinsics`` gives the
+                                 depth camera's own K (optional: all frames or none)
     frame-XXXXXX.pose.txt        4x4 camera-to-world, metres (optional: all frames or none)
 
 No official split: ``data.split`` picks interleaved (every ``data.test_every``-th frame), a contiguous block
@@ -94,6 +95,7 @@ def load_folder(cfg: DataConfig, cache_dir: Path) -> Scene:
     K_native = read_intrinsics(Path(cfg.intrinsics) if cfg.intrinsics else root / "camera-intrinsics.txt")
     H, W = cfg.resolution
     K_33 = scale_intrinsics(K_native, W / native[1], H / native[0])
+    K_depth_native = read_intrinsics(cfg.depth_intrinsics) if cfg.depth_intrinsics else K_native
     has_depth, has_poses = _all_or_none(root, frames, "depth.png"), _all_or_none(root, frames, "pose.txt")
     poses = read_poses([root / f["pose.txt"] for f in frames.values()]) if has_poses else None
     depth = [root / f["depth.png"] for f in frames.values()] if has_depth else []
@@ -103,8 +105,9 @@ def load_folder(cfg: DataConfig, cache_dir: Path) -> Scene:
         name=f"folder/{root.resolve().name}", frame_names=names, image_size=(H, W),
         K_N33=np.repeat(K_33[None], len(names), 0), cam2world_N44=poses,
         read_image=lazy_rgb(color, native, (H, W)),
-        read_depth=lazy_depth(depth, native, K_native, K_33, (H, W), cfg.depth_scale) if has_depth else None,
+        read_depth=lazy_depth(depth, native, K_depth_native, K_33, (H, W), cfg.depth_scale) if has_depth else None,
         split=make_split(names, cfg, mode), metric=has_depth or has_poses, input_files=[color, depth],
         source={"format": "folder", "root": str(root.resolve()), "stride": cfg.stride, "max_frames": cfg.max_frames,
-                "depth_scale": cfg.depth_scale, "intrinsics": cfg.intrinsics},
+                "depth_scale": cfg.depth_scale, "intrinsics": cfg.intrinsics,
+                "depth_intrinsics": cfg.depth_intrinsics},
     )

@@ -134,3 +134,37 @@ def test_metadata_of_1000_frames_loads_in_under_a_second(tmp_path, renders):
     scene = load(root)
     seconds = time.perf_counter() - t0
     assert len(scene) == 1000 and seconds < 1.0, f"{seconds:.2f} s"
+
+
+def test_depth_intrinsics_register_depth_to_colour(frame_folder):
+    """Raw 7-Scenes-like frames: a narrower depth camera (same centre) re-sampled into the colour camera."""
+    K_color = np.loadtxt(frame_folder / "camera-intrinsics.txt")
+    K_depth = K_color.copy()
+    K_depth[0, 0] = K_depth[1, 1] = K_color[0, 0] * 585 / 525
+    np.savetxt(frame_folder / "depth-intrinsics.txt", K_depth)
+
+    def plane_depth(K, u):  # z of the plane z = 2 + 0.3 x seen through column u of camera K
+        return 2.0 / (1.0 - 0.3 * (u - K[0, 2]) / K[0, 0])
+
+    u = np.arange(32)
+    write_depth = np.repeat(plane_depth(K_depth, u)[None], 24, 0)
+    for k in range(N_FRAMES):
+        Image.fromarray(np.round(write_depth * 1000).astype(np.uint16)).save(frame_folder / f"frame-{k * 10:06d}.depth.png")
+    got = load(frame_folder, depth_intrinsics=str(frame_folder / "depth-intrinsics.txt")).read_depth(2)
+    expected = plane_depth(K_color, u)
+    # pixels whose ray leaves the depth camera's narrower view have no depth
+    def seen(n, c):  # colour pixel -> depth pixel of the same ray, within the n depth pixels
+        src = (np.arange(n) - c) * K_depth[0, 0] / K_color[0, 0] + c
+        return (src >= -0.5) & (src < n - 0.5)
+
+    inside = seen(24, K_color[1, 2])[:, None] & seen(32, K_color[0, 2])[None]
+    assert 0 < inside.sum() < inside.size and np.all(got[~inside] == 0)
+    step = np.abs(np.diff(expected)).max() * K_color[0, 0] / K_depth[0, 0]  # depth change per depth pixel
+    expected_HW = np.broadcast_to(expected, (24, 32))
+    tolerance = step / 2 + 1e-3  # nearest neighbour, millimetre PNG
+    np.testing.assert_allclose(got[inside], expected_HW[inside], atol=tolerance)
+    # treating the same files as registered puts wrong depths towards the image edges
+    assert np.abs(load(frame_folder).read_depth(2) - expected_HW)[inside].max() > 2 * tolerance
+    with pytest.raises(SceneError, match="not found") as e:
+        load(frame_folder, depth_intrinsics=str(frame_folder / "nope.txt"))
+    assert "nope.txt" in str(e.value) and "\n" not in str(e.value)
