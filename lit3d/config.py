@@ -119,6 +119,10 @@ class LossConfig:
     weight_3d: float = 1.0
     """reprojection: weight of the 3-D term, the label distance in pixel-equivalent units (distance * f / depth,
     so it weighs like a reprojection error); 0 = reprojection only (predictions can slide along their rays)."""
+    depth_3d: str = "pixel"
+    """reprojection: the depth that turns the 3-D term's distance into pixels: ``pixel`` (each label's own depth)
+    or ``view`` (the median label depth of the view). ``pixel`` weighs near labels more, so where the student is
+    unsure of a pixel's depth it settles nearer than the label (a weighted median)."""
     min_depth: float = 0.1
     """reprojection: predictions nearer than this (labels' unit) in front of the camera, or behind it, are invalid."""
     max_depth: float = 1000.0
@@ -190,6 +194,7 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], list[str]]] = {
     "data.split": SPLIT_MODES,
     "loss.name": ("mse", "reprojection"),
     "loss.schedule": ("circle", "linear"),
+    "loss.depth_3d": ("pixel", "view"),
     "align.method": ("known_poses", "global"),
     "align.schedule": ("cosine", "linear", "constant"),
     "align.sampling": ("grid", "confident"),
@@ -218,7 +223,7 @@ def choice_values(key: str) -> tuple[str, ...]:
 
 FREE_TEXT_KEYS: dict[str, str] = {
     "experiment": "a name or a yaml path", "run_dir": "a path", "cache_dir": "a path", "data.root": "a path",
-    "data.intrinsics": "a path", "trainer.resume": "a path or last", "student.pretrained_file": "a path",
+    "data.intrinsics": "a path", "data.depth_intrinsics": "a path", "trainer.resume": "a path or last", "student.pretrained_file": "a path",
     "student.weights_file": "a path", "teacher.path": "a path", "teacher.checkpoint": "a path or a hub name",
     "teacher.sha256": "a hex digest", "student.name": "a registry name, checked at load",
     "teacher.name": "a registry name, checked at load", "student.model_name": "a timm model name",

@@ -116,7 +116,12 @@ def reprojection_loss(pred_world_B3HW: torch.Tensor, target_world_B3HW: torch.Te
     w3 = get("weight_3d")
     if w3 > 0:
         w_label_BHW = weight_BHW * has_label_BHW
-        d3_px_BHW = _norm(pred_world_B3HW - target_world_B3HW) * to_px_BHW
+        if get("depth_3d") == "view":  # one scale per view: the 3-D term's minimiser along a ray is unweighted
+            z_label_B = torch.where(has_label_BHW, label_cam_z_BHW, math.nan).flatten(1).nanmedian(1).values
+            to_px_3d = (f_B / z_label_B.nan_to_num(1.0).clamp_min(get("min_depth")))[:, None, None]
+        else:
+            to_px_3d = to_px_BHW
+        d3_px_BHW = _norm(pred_world_B3HW - target_world_B3HW) * to_px_3d
         term_3d = (d3_px_BHW * w_label_BHW).sum() / w_label_BHW.sum().clamp_min(1.0)
         loss = loss + w3 * term_3d
         stats["error_3d_px"] = term_3d.detach()

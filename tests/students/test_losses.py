@@ -50,15 +50,15 @@ def test_reprojection_error_against_an_independent_projection():
                                    rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("weight_3d", [0.0, 1.0])
-def test_gradient_matches_finite_differences(weight_3d):
+@pytest.mark.parametrize("weight_3d, depth_3d", [(0.0, "pixel"), (1.0, "pixel"), (1.0, "view")])
+def test_gradient_matches_finite_differences(weight_3d, depth_3d):
     pts, K, T = scene(B=1)
     pts = pts[..., :5, :6].contiguous()  # a corner of the view (same K): few inputs keep finite differences fast
     g = torch.Generator().manual_seed(1)
     pred = (pts + 0.02 * torch.randn(pts.shape, generator=g, dtype=pts.dtype)).requires_grad_(True)
     valid = torch.rand(1, 5, 6, generator=g) > 0.2
     inside = torch.ones(1, 5, 6, dtype=torch.bool)
-    cfg = LossConfig(weight_3d=weight_3d)
+    cfg = LossConfig(weight_3d=weight_3d, depth_3d=depth_3d)
 
     def f(p):
         return reprojection_loss(p, pts, valid, inside, K, T, 0.5, cfg)[0]
@@ -135,3 +135,34 @@ def test_soft_clamp_bounds_the_pull_of_outliers():
     l_far = reprojection_loss(far, pts, valid, valid, K, T, 0.0, cfg)[0].item() * H * W
     assert l_near == pytest.approx(2 * math.tanh(1.0), rel=0.05)
     assert l_far < 2.0 + 1e-3 and l_far == pytest.approx(2 * math.tanh(5.0), rel=0.05)
+
+
+@pytest.mark.parametrize("depth_3d", ["pixel", "view"])
+def test_where_depth_is_uncertain_the_3d_term_settles_at_a_weighted_median(depth_3d):
+    """One image pixel, seen in many views, whose label lies at a different depth on the same ray in each (the
+    student cannot tell them apart). The reprojection term is zero anywhere on the ray, so the best shared
+    prediction is where the 3-D term is least: the median of the label depths weighted by 1 / depth (``pixel``:
+    nearer than the median) or unweighted (``view``; each view's median label depth is 2.5 from two fixed pixels)."""
+    z_N = torch.linspace(1.5, 3.5, 41, dtype=torch.float64)
+    N, f = len(z_N), 100.0
+    K_N33 = torch.tensor([[f, 0, 0], [0, f, 0], [0, 0, 1]], dtype=torch.float64).expand(N, 3, 3)
+    cam2world_N44 = torch.eye(4, dtype=torch.float64).expand(N, 4, 4)
+    target_N313 = torch.zeros(N, 3, 1, 3, dtype=torch.float64)
+    target_N313[:, 2, 0, 0] = z_N  # pixel u = 0 is on the optical axis
+    for u in (1, 2):  # two pixels with the same label in every view, predicted exactly
+        target_N313[:, :, 0, u] = torch.tensor([u * 2.5 / f, 0.0, 2.5], dtype=torch.float64)
+    valid = torch.ones(N, 1, 3, dtype=torch.bool)
+    cfg = LossConfig(depth_3d=depth_3d, clamp_px=[1.0, 1.0])
+    depths = torch.linspace(1.5, 3.5, 401, dtype=torch.float64)
+    losses = []
+    for d in depths:
+        pred = target_N313.clone()
+        pred[:, 2, 0, 0] = d
+        losses.append(reprojection_loss(pred, target_N313, valid, valid, K_N33, cam2world_N44, 1.0, cfg)[0])
+    best = depths[int(torch.stack(losses).argmin())].item()
+    w_N = 1.0 / z_N.numpy() if depth_3d == "pixel" else np.ones(N)
+    order = np.argsort(z_N.numpy())
+    cum = np.cumsum(w_N[order])
+    weighted_median = z_N.numpy()[order][np.searchsorted(cum, cum[-1] / 2)]
+    assert best == pytest.approx(weighted_median, abs=0.06)
+    assert (best < 2.4) if depth_3d == "pixel" else best == pytest.approx(2.5, abs=0.06)
