@@ -223,7 +223,8 @@ def choice_values(key: str) -> tuple[str, ...]:
 
 FREE_TEXT_KEYS: dict[str, str] = {
     "experiment": "a name or a yaml path", "run_dir": "a path", "cache_dir": "a path", "data.root": "a path",
-    "data.intrinsics": "a path", "data.depth_intrinsics": "a path", "trainer.resume": "a path or last", "student.pretrained_file": "a path",
+    "data.intrinsics": "a path", "data.depth_intrinsics": "a path", "trainer.resume": "a path or last",
+    "student.pretrained_file": "a path",
     "student.weights_file": "a path", "teacher.path": "a path", "teacher.checkpoint": "a path or a hub name",
     "teacher.sha256": "a hex digest", "student.name": "a registry name, checked at load",
     "teacher.name": "a registry name, checked at load", "student.model_name": "a timm model name",
