@@ -32,6 +32,10 @@ class DataConfig:
     """split=frames: explicit test frame names (each must be a frame of the scene)."""
     val_every: int = 8
     """Of the frames that are not test, hold out every N-th for validation (0 = no validation frames)."""
+    val_block: list[str] = field(default_factory=list)
+    """A contiguous validation block instead of every ``val_every``-th frame (same form as ``test_block``; any
+    split mode; must not overlap the test frames). Validation frames held out like the test block make
+    ``evaluate tune=true``, sweeps and the validation curves judge new viewpoints, not interpolation."""
     num_frames: int = 200
     """synthetic: number of rendered frames along the (training) camera path."""
     test_path_frames: int = 25

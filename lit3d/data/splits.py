@@ -12,7 +12,9 @@ Modes (``SPLIT_MODES``):
 ``auto`` is ``official`` where the format has one, else ``frames`` when ``data.test_frames`` is set, else ``block``
 when ``data.test_block`` is set, else ``path`` for the synthetic scene, else ``interleaved``. Except for
 ``interleaved`` (which keeps its historical validation rule), validation is every ``data.val_every``-th of the
-remaining frames, skipping the first (:func:`official_split`).
+remaining frames, skipping the first (:func:`official_split`). ``data.val_block`` replaces that rule in every mode
+with a contiguous validation block (same form as ``data.test_block``), so that what is tuned or selected on
+validation frames is judged on views held out like the test views (:func:`with_val_block`).
 """
 from __future__ import annotations
 
@@ -53,29 +55,29 @@ def official_split(n: int, test_N: np.ndarray, val_every: int) -> dict[str, np.n
     return {"train": np.setdiff1d(rest, val), "val": val, "test": np.asarray(test_N, dtype=int)}
 
 
-def block_indices(names: list[str], block: list) -> np.ndarray:
-    """Indices of the held-out block ``data.test_block`` (two frame names, inclusive, or two fractions [start, end))."""
+def block_indices(names: list[str], block: list, key: str = "data.test_block") -> np.ndarray:
+    """Indices of the contiguous block ``key`` (two frame names, inclusive, or two fractions [start, end))."""
     if len(block) != 2:
-        raise SceneError(f"data.test_block must be two frame names [first, last] or two fractions [start, end], "
+        raise SceneError(f"{key} must be two frame names [first, last] or two fractions [start, end], "
                          f"got {len(block)} item(s)")
     first, last = (str(b) for b in block)
     n = len(names)
     if first in names and last in names:
         lo, hi = names.index(first), names.index(last) + 1
         if lo >= hi:
-            raise SceneError(f"data.test_block: first frame {first} comes after last frame {last}")
+            raise SceneError(f"{key}: first frame {first} comes after last frame {last}")
         return np.arange(lo, hi)
     try:
         start, end = float(first), float(last)
     except ValueError:
         bad = first if first not in names else last
-        raise SceneError(f"data.test_block: {bad!r} is not a frame of this scene (after data.stride / "
+        raise SceneError(f"{key}: {bad!r} is not a frame of this scene (after data.stride / "
                          "data.max_frames) nor a fraction") from None
     if not (0.0 <= start < end <= 1.0):
-        raise SceneError(f"data.test_block: fractions [{start:g}, {end:g}] must satisfy 0 <= start < end <= 1")
+        raise SceneError(f"{key}: fractions [{start:g}, {end:g}] must satisfy 0 <= start < end <= 1")
     lo, hi = int(np.ceil(start * n - 1e-9)), int(np.ceil(end * n - 1e-9))  # frames k with start <= k / n < end
     if hi <= lo:
-        raise SceneError(f"data.test_block: [{start:g}, {end:g}) of {n} frames holds no frame")
+        raise SceneError(f"{key}: [{start:g}, {end:g}) of {n} frames holds no frame")
     return np.arange(lo, hi)
 
 
@@ -95,6 +97,27 @@ def make_split(names: list[str], cfg: DataConfig, mode: str, test_N: np.ndarray 
 
     ``test_N``: the test frame indices of ``official`` and ``path`` modes, given by the loader.
     """
+    split = _test_split(names, cfg, mode, test_N)
+    return with_val_block(names, split, cfg.val_block) if cfg.val_block else split
+
+
+def with_val_block(names: list[str], split: dict[str, np.ndarray], block: list) -> dict[str, np.ndarray]:
+    """``split`` with the contiguous block ``data.val_block`` as its validation frames (replacing ``val_every``'s)
+    and every other non-test frame training. A block that overlaps the test frames or leaves no training frame is
+    a one-line error."""
+    val = block_indices(names, block, "data.val_block")
+    common = np.intersect1d(val, split["test"])
+    if len(common):
+        raise SceneError(f"data.val_block overlaps the test frames ({len(common)} frame(s) in common, the first "
+                         f"{names[common[0]]}): validation frames must not be test frames")
+    train = np.setdiff1d(np.arange(len(names)), np.union1d(split["test"], val))
+    if len(train) == 0:
+        raise SceneError(f"data.val_block and the test frames hold all {len(names)} frames: no training frames "
+                         "are left")
+    return {"train": train, "val": val, "test": split["test"]}
+
+
+def _test_split(names: list[str], cfg: DataConfig, mode: str, test_N: np.ndarray | None) -> dict[str, np.ndarray]:
     n = len(names)
     if mode == "interleaved":
         return split_every(n, cfg.test_every, cfg.val_every)

@@ -94,6 +94,16 @@ def test_folder_block_by_names_and_fractions(frame_folder):
     assert [s.frame_names[k] for k in s.split["test"]] == ["frame-000040"]
 
 
+def test_val_block_replaces_val_every_in_any_mode(frame_folder, tmp_path):
+    s = folder(frame_folder, test_block=["frame-000060", "frame-000070"], val_block=["frame-000000", "frame-000010"])
+    assert {k: list(v) for k, v in s.split.items()} == {"train": [2, 3, 4, 5], "val": [0, 1], "test": [6, 7]}
+    s = folder(frame_folder, split="interleaved", test_every=4, val_block=["0", "0.25"])  # test every 4th: 2, 6
+    assert {k: list(v) for k, v in s.split.items()} == {"train": [3, 4, 5, 7], "val": [0, 1], "test": [2, 6]}
+    s = synthetic(tmp_path, val_block=["frame-000000", "frame-000004"])  # path: 16 training-path + 4 test frames
+    assert list(s.split["val"]) == [0, 1, 2, 3, 4] and list(s.split["train"]) == list(range(5, 16))
+    assert [s.frame_names[k] for k in s.split["test"]] == [f"test-{k:06d}" for k in range(4)]
+
+
 def test_images_block(tmp_path):
     root = tmp_path / "photos"
     root.mkdir()
@@ -122,6 +132,11 @@ BAD_FOLDER = [
     ({"test_frames": ["frame-000010"], "stride": 2}, "data.test_frames: 'frame-000010' is not a frame"),
     ({"test_frames": [f"frame-0000{k}0" for k in range(8)]}, "data.test_frames holds all 8 frames"),
     ({"split": "frames"}, "data.test_frames is empty"),
+    ({"val_block": ["frame-000010"]}, "data.val_block must be two"),
+    ({"val_block": ["frame-000010", "frame-000099"]}, "data.val_block: 'frame-000099' is not a frame"),
+    ({"test_block": ["frame-000060", "frame-000070"], "val_block": ["frame-000050", "frame-000060"]},
+     "data.val_block overlaps the test frames (1 frame(s) in common, the first frame-000060)"),
+    ({"test_block": ["0.5", "1"], "val_block": ["0", "0.5"]}, "data.val_block and the test frames hold all 8"),
     ({"split": "block", "test_frames": ["frame-000010"]}, "data.test_frames is set but data.split=block"),
     ({"split": "interleaved", "test_block": ["0.5", "1"]}, "data.test_block is set but data.split=interleaved"),
 ]
