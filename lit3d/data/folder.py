@@ -109,6 +109,7 @@ def load_folder(cfg: DataConfig, cache_dir: Path) -> Scene:
         split=make_split(names, cfg, mode), metric=has_depth or has_poses, input_files=[color, depth],
         source={"format": "folder", "root": str(root.resolve()), "stride": cfg.stride, "max_frames": cfg.max_frames,
                 "depth_scale": cfg.depth_scale, "intrinsics": cfg.intrinsics,
-                # only when set: label caches of registered folders keep the hash they had before this key
-                **({"depth_intrinsics": cfg.depth_intrinsics} if cfg.depth_intrinsics else {})},
+                # the depth K's values (the colour K's are in the fingerprint already), so editing its file
+                # relabels; only when set, so label caches of registered folders keep their hash
+                **({"depth_K": K_depth_native.round(6).tolist()} if cfg.depth_intrinsics else {})},
     )

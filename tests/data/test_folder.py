@@ -173,7 +173,16 @@ def test_depth_intrinsics_register_depth_to_colour(frame_folder):
     tolerance = step / 2 + 1e-3  # nearest neighbour, millimetre PNG
     np.testing.assert_allclose(got[inside], expected_HW[inside], atol=tolerance)
     # treating the same files as registered puts wrong depths towards the image edges
-    assert np.abs(load(frame_folder).read_depth(2) - expected_HW)[inside].max() > 2 * tolerance
+    registered = load(frame_folder)
+    assert np.abs(registered.read_depth(2) - expected_HW)[inside].max() > 2 * tolerance
+    # the depth K's values identify the scene (labels depend on them), not its file name
+    prints = {load(frame_folder, depth_intrinsics=str(frame_folder / "depth-intrinsics.txt")).fingerprint()}
+    shutil.copy(frame_folder / "depth-intrinsics.txt", frame_folder / "copy.txt")
+    prints.add(load(frame_folder, depth_intrinsics=str(frame_folder / "copy.txt")).fingerprint())
+    assert len(prints) == 1 and registered.fingerprint() not in prints
+    K_depth[0, 0] += 1.0
+    np.savetxt(frame_folder / "copy.txt", K_depth)
+    assert load(frame_folder, depth_intrinsics=str(frame_folder / "copy.txt")).fingerprint() not in prints
     with pytest.raises(SceneError, match="not found") as e:
         load(frame_folder, depth_intrinsics=str(frame_folder / "nope.txt"))
     assert "nope.txt" in str(e.value) and "\n" not in str(e.value)
