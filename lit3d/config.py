@@ -192,6 +192,7 @@ LIGHTNING_PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-
 CHOICES: dict[str, tuple[str, ...] | Callable[[], list[str]]] = {
     "data.format": FORMATS.names,
     "data.split": SPLIT_MODES,
+    "data.pose_camera": ("color", "depth"),
     "loss.name": ("mse", "reprojection"),
     "loss.schedule": ("circle", "linear"),
     "loss.depth_3d": ("pixel", "view"),
@@ -223,7 +224,8 @@ def choice_values(key: str) -> tuple[str, ...]:
 
 FREE_TEXT_KEYS: dict[str, str] = {
     "experiment": "a name or a yaml path", "run_dir": "a path", "cache_dir": "a path", "data.root": "a path",
-    "data.intrinsics": "a path", "data.depth_intrinsics": "a path", "trainer.resume": "a path or last",
+    "data.intrinsics": "a path", "data.depth_intrinsics": "a path",
+    "data.depth_extrinsics": "a path", "trainer.resume": "a path or last",
     "student.pretrained_file": "a path",
     "student.weights_file": "a path", "teacher.path": "a path", "teacher.checkpoint": "a path or a hub name",
     "teacher.sha256": "a hex digest", "student.name": "a registry name, checked at load",

@@ -6,8 +6,10 @@ Layout of ``data.root``::
     frame-XXXXXX.color.jpg|png   RGB, all frames the same size
     frame-XXXXXX.depth.png       uint16 z-depth, ``data.depth_scale`` units per metre, 0 and 65535 = invalid,
                                  registered to the colour image unless ``data.depth_intrinsics`` gives the
-                                 depth camera's own K (optional: all frames or none)
-    frame-XXXXXX.pose.txt        4x4 camera-to-world, metres (optional: all frames or none)
+                                 depth camera's own K and ``data.depth_extrinsics`` its offset (optional: all
+                                 frames or none)
+    frame-XXXXXX.pose.txt        4x4 camera-to-world, metres, of the colour camera (``data.pose_camera=depth``:
+                                 of the depth camera; optional: all frames or none)
 
 No official split: ``data.split`` picks interleaved (every ``data.test_every``-th frame), a contiguous block
 (``data.test_block``) or named frames (``data.test_frames``); see :mod:`lit3d.data.splits`. The helpers here
@@ -23,8 +25,8 @@ import numpy as np
 
 from lit3d.data import FORMATS
 from lit3d.data.config import DataConfig
-from lit3d.data.io import (image_size, list_frame_files, read_depth_png, read_intrinsics, read_poses, read_rgb,
-                           resample_depth, resize_rgb)
+from lit3d.data.io import (image_size, list_frame_files, project_depth, read_depth_png, read_extrinsics,
+                           read_intrinsics, read_poses, read_rgb, resample_depth, resize_rgb)
 from lit3d.data.scene import Scene, SceneError
 from lit3d.data.splits import make_split, split_mode
 from lit3d.geometry import scale_intrinsics
@@ -55,15 +57,32 @@ def lazy_rgb(paths: list[Path], native_size: tuple[int, int] | None,
 
 
 def lazy_depth(paths: list[Path], native_size: tuple[int, int], K_src_33: np.ndarray, K_dst_33: np.ndarray,
-               size: tuple[int, int], scale: float,
-               invalid: tuple[int, ...] = (0, 65535)) -> Callable[[int], np.ndarray]:
-    """Frame index -> (H, W) float32 metres at ``size``, resampled from a depth camera ``K_src`` to ``K_dst``."""
+               size: tuple[int, int], scale: float, invalid: tuple[int, ...] = (0, 65535),
+               dst_from_src_44: np.ndarray | None = None, K_dst_native_33: np.ndarray | None = None
+               ) -> Callable[[int], np.ndarray]:
+    """Frame index -> (H, W) float32 metres at ``size``, from a depth camera ``K_src`` to the colour camera
+    ``K_dst``. With ``dst_from_src`` (the sensors' extrinsics) the depth is first splatted into the colour camera
+    at its native intrinsics ``K_dst_native`` and ``native_size`` (:func:`project_depth`), then re-sampled."""
 
     def read(i: int) -> np.ndarray:
         depth = read_depth_png(paths[i], native_size, scale, invalid)
-        return resample_depth(depth, K_src_33, K_dst_33, size)
+        if dst_from_src_44 is None:
+            return resample_depth(depth, K_src_33, K_dst_33, size)
+        depth = project_depth(depth, K_src_33, K_dst_native_33, dst_from_src_44, native_size)
+        return resample_depth(depth, K_dst_native_33, K_dst_33, size)
 
     return read
+
+
+def depth_extrinsics(cfg: DataConfig) -> np.ndarray | None:
+    """``data.depth_extrinsics`` as a 4x4 colour-from-depth transform, or None (the sensors share a centre);
+    ``data.pose_camera=depth`` without it is a one-line error."""
+    if not cfg.depth_extrinsics:
+        if cfg.pose_camera == "depth":
+            raise SceneError("data.pose_camera=depth needs data.depth_extrinsics (the depth camera's pose in the "
+                             "colour camera), otherwise the two cameras are one")
+        return None
+    return read_extrinsics(cfg.depth_extrinsics)
 
 
 def _all_or_none(root: Path, frames: dict[str, dict[str, str]], kind: str) -> bool:
@@ -96,8 +115,11 @@ def load_folder(cfg: DataConfig, cache_dir: Path) -> Scene:
     H, W = cfg.resolution
     K_33 = scale_intrinsics(K_native, W / native[1], H / native[0])
     K_depth_native = read_intrinsics(cfg.depth_intrinsics) if cfg.depth_intrinsics else K_native
+    color_from_depth_44 = depth_extrinsics(cfg)
     has_depth, has_poses = _all_or_none(root, frames, "depth.png"), _all_or_none(root, frames, "pose.txt")
     poses = read_poses([root / f["pose.txt"] for f in frames.values()]) if has_poses else None
+    if poses is not None and cfg.pose_camera == "depth":
+        poses = poses @ np.linalg.inv(color_from_depth_44)  # the colour camera's cam2world
     depth = [root / f["depth.png"] for f in frames.values()] if has_depth else []
     log.info("folder %s: %d frames (%s depth, %s poses) at %dx%d from %dx%d", root, len(names),
              "with" if has_depth else "no", "with" if has_poses else "no", W, H, native[1], native[0])
@@ -105,11 +127,14 @@ def load_folder(cfg: DataConfig, cache_dir: Path) -> Scene:
         name=f"folder/{root.resolve().name}", frame_names=names, image_size=(H, W),
         K_N33=np.repeat(K_33[None], len(names), 0), cam2world_N44=poses,
         read_image=lazy_rgb(color, native, (H, W)),
-        read_depth=lazy_depth(depth, native, K_depth_native, K_33, (H, W), cfg.depth_scale) if has_depth else None,
+        read_depth=lazy_depth(depth, native, K_depth_native, K_33, (H, W), cfg.depth_scale,
+                              dst_from_src_44=color_from_depth_44, K_dst_native_33=K_native) if has_depth else None,
         split=make_split(names, cfg, mode), metric=has_depth or has_poses, input_files=[color, depth],
         source={"format": "folder", "root": str(root.resolve()), "stride": cfg.stride, "max_frames": cfg.max_frames,
                 "depth_scale": cfg.depth_scale, "intrinsics": cfg.intrinsics,
                 # the depth K's values (the colour K's are in the fingerprint already), so editing its file
                 # relabels; only when set, so label caches of registered folders keep their hash
-                **({"depth_K": K_depth_native.round(6).tolist()} if cfg.depth_intrinsics else {})},
+                **({"depth_K": K_depth_native.round(6).tolist()} if cfg.depth_intrinsics else {}),
+                **({"color_from_depth": color_from_depth_44.round(6).tolist(), "pose_camera": cfg.pose_camera}
+                   if color_from_depth_44 is not None else {})},
     )

@@ -105,6 +105,15 @@ def read_poses(paths: list[Path], atol: float = 1e-2) -> np.ndarray:
     return T_N44
 
 
+def read_extrinsics(path: str | Path, atol: float = 1e-3) -> np.ndarray:
+    """A rigid 4x4 (metres, row-major) from a text file, e.g. the depth camera's coordinates -> the colour
+    camera's; anything else (INF/NaN included) is a one-line error naming the file."""
+    T_44 = _read_matrix(Path(path), 4, "extrinsics")
+    if not np.isfinite(T_44).all() or rigid_error(T_44)[0] > atol:
+        raise SceneError(f"{path}: extrinsics are not a rigid 4x4 transform [[R, t], [0, 0, 0, 1]] (metres)")
+    return T_44
+
+
 def read_intrinsics(path: str | Path) -> np.ndarray:
     """Pinhole K (3, 3) in pixels from a text file: fx 0 cx / 0 fy cy / 0 0 1."""
     K_33 = _read_matrix(Path(path), 3, "intrinsics")
@@ -200,6 +209,34 @@ def resample_depth(depth_HW: np.ndarray, K_src_33: np.ndarray, K_dst_33: np.ndar
     out[~ok_rows, :] = 0.0
     out[:, ~ok_cols] = 0.0
     return out
+
+
+def project_depth(depth_HW: np.ndarray, K_src_33: np.ndarray, K_dst_33: np.ndarray, dst_from_src_44: np.ndarray,
+                  size: tuple[int, int]) -> np.ndarray:
+    """Depth (z in the destination camera, metres) seen by a camera ``dst_from_src`` away from the source, at
+    ``size`` with intrinsics ``K_dst``: for depth and colour sensors a few centimetres apart.
+
+    Every valid source pixel is lifted to 3-D, moved into the destination camera and splatted onto the pixel
+    nearest its projection; where several land, the nearest surface wins (a z-buffer). Pixels no point reaches
+    (disocclusions, outside the source view) get 0 (invalid). Meant for ``size`` no finer than the source's
+    sampling (then no cracks open); :func:`resample_depth` takes the result to coarser grids.
+    """
+    H, W = depth_HW.shape
+    h, w = size
+    v, u = np.nonzero(depth_HW > 0)
+    z = depth_HW[v, u].astype(np.float64)
+    rays_N3 = np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(K_src_33).T
+    pts_N3 = (rays_N3 * z[:, None]) @ dst_from_src_44[:3, :3].T + dst_from_src_44[:3, 3]
+    z_dst = pts_N3[:, 2]
+    front = z_dst > 1e-6
+    uvw_N3 = pts_N3[front] @ K_dst_33.T
+    cols = np.floor(uvw_N3[:, 0] / uvw_N3[:, 2] + 0.5).astype(np.int64)
+    rows = np.floor(uvw_N3[:, 1] / uvw_N3[:, 2] + 0.5).astype(np.int64)
+    inside = (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
+    out = np.full(h * w, np.inf)
+    np.minimum.at(out, rows[inside] * w + cols[inside], z_dst[front][inside])
+    out[np.isinf(out)] = 0.0
+    return out.reshape(h, w).astype(np.float32)
 
 
 # --- frame folders ----------------------------------------------------------------------------------------------

@@ -9,9 +9,11 @@ Layout of ``data.root``::
 
 There is no calibration file. The documented cameras share the principal point (320, 240); the depth camera has
 f = 585 px, the colour camera f ~ 525 px (``data.intrinsics`` overrides the colour K). Frames are delivered in the
-colour camera: depth is registered to it by re-sampling through the two intrinsics (nearest neighbour), ignoring
-the few-centimetre baseline between the sensors, as common pipelines do; colour pixels outside the depth camera's
-narrower view get depth 0. Poses are used as given. Split (``data.split=auto`` or ``official``): frames of the test
+colour camera: depth is registered to it by re-sampling through the two intrinsics (nearest neighbour); colour
+pixels outside the depth camera's narrower view get depth 0. By default the sensors' baseline is ignored and
+poses are used as given, as common pipelines do; ``data.depth_extrinsics`` (``experiments/cameras/
+7scenes_depth_to_color.txt``: 2.5 cm, measured on the kitchen) with ``data.pose_camera=depth`` moves depth into
+the colour camera and the depth sensor's poses onto it (``experiment=sevenscenes`` sets both). Split (``data.split=auto`` or ``official``): frames of the test
 sequences are test, every ``data.val_every``-th frame of the others is val; interleaved, block and frames work
 on the frame list too. Frame names are ``seq-XX_frame-XXXXXX``.
 """
@@ -25,7 +27,7 @@ import numpy as np
 
 from lit3d.data import FORMATS
 from lit3d.data.config import DataConfig
-from lit3d.data.folder import lazy_depth, lazy_rgb, subsample
+from lit3d.data.folder import depth_extrinsics, lazy_depth, lazy_rgb, subsample
 from lit3d.data.io import list_frame_files, read_intrinsics, read_poses
 from lit3d.data.scene import Scene, SceneError
 from lit3d.data.splits import make_split, split_mode
@@ -85,16 +87,23 @@ def load_sevenscenes(cfg: DataConfig, cache_dir: Path) -> Scene:
     H, W = cfg.resolution
     K_color = read_intrinsics(cfg.intrinsics) if cfg.intrinsics else K_COLOR_33
     K_33 = scale_intrinsics(K_color, W / NATIVE_SIZE[1], H / NATIVE_SIZE[0])
+    color_from_depth_44 = depth_extrinsics(cfg)
     poses = read_poses([Path(f"{f}.pose.txt") for f in files])
+    if cfg.pose_camera == "depth":
+        poses = poses @ np.linalg.inv(color_from_depth_44)  # the colour camera's cam2world
     log.info("7-Scenes %s: %d frames (%d test) at %dx%d", root, len(names), len(test), W, H)
     return Scene(
         name=f"7scenes/{root.resolve().name}", frame_names=names, image_size=(H, W),
         K_N33=np.repeat(K_33[None], len(names), 0), cam2world_N44=poses,
         read_image=lazy_rgb([Path(f"{f}.color.png") for f in files], NATIVE_SIZE, (H, W)),
         read_depth=lazy_depth([Path(f"{f}.depth.png") for f in files], NATIVE_SIZE, K_DEPTH_33, K_33, (H, W),
-                              scale=1000.0, invalid=(0, 65535)),
+                              scale=1000.0, invalid=(0, 65535), dst_from_src_44=color_from_depth_44,
+                              K_dst_native_33=K_color),
         split=make_split(names, cfg, mode, test), metric=True,
         input_files=[[Path(f"{f}.{kind}.png") for f in files] for kind in ("color", "depth")],
         source={"format": "sevenscenes", "root": str(root.resolve()), "stride": cfg.stride,
-                "max_frames": cfg.max_frames, "intrinsics": cfg.intrinsics},
+                "max_frames": cfg.max_frames, "intrinsics": cfg.intrinsics,
+                # only when set, so the label caches made before these keys keep their hash
+                **({"color_from_depth": color_from_depth_44.round(6).tolist(), "pose_camera": cfg.pose_camera}
+                   if color_from_depth_44 is not None else {})},
     )

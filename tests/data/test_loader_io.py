@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from lit3d.data.io import (CorruptPoseError, read_depth_png, read_intrinsics, read_pose, read_rgb, resample_depth,
-                           resize_rgb)
+from lit3d.data.io import (CorruptPoseError, project_depth, read_depth_png, read_extrinsics, read_intrinsics,
+                           read_pose, read_rgb, resample_depth, resize_rgb)
 from lit3d.data.scene import SceneError
 from lit3d.geometry import look_at, scale_intrinsics
 
@@ -139,3 +139,36 @@ def test_resample_depth_registers_cameras_that_differ_in_focal():
     inside_2d = ((v_d >= 0) & (v_d < 480))[:, None] & inside[None, :]
     assert (out[~inside_2d] == 0).all() and (out[inside_2d] > 0).all()
     np.testing.assert_allclose(out[240, inside], expected[inside], rtol=2e-3)  # nearest neighbour: < 1 px
+
+
+def test_project_depth_moves_the_camera_and_keeps_the_nearest_surface():
+    """A 1 m square in front of a 3 m wall, seen from a camera 0.3 m to the right: the square shifts by f 0.3 / 1
+    = 6 px, the wall by 2 px; where both land the square wins, and the wall strip the square hid stays 0."""
+    f, h, w = 20.0, 10, 40
+    K = np.array([[f, 0, 20.0], [0, f, 5.0], [0, 0, 1]])
+    src = np.full((h, w), 3.0, np.float32)
+    src[:, 15:25] = 1.0
+    dst_from_src = np.eye(4)
+    dst_from_src[0, 3] = -0.3  # the destination centre sits at x = +0.3 m in the source camera
+    out = project_depth(src, K, K, dst_from_src, (h, w))
+    expected = np.zeros(w)
+    for u in range(w):  # independent: which source pixel shows what at destination column u
+        fg, bg = u + 6, u + 2  # source columns whose square / wall points land on u
+        if 15 <= fg < 25:
+            expected[u] = 1.0
+        elif 0 <= bg < w and not 15 <= bg < 25:
+            expected[u] = 3.0
+    assert (expected == 0).sum() == 6  # 4 disoccluded wall columns and 2 beyond the source's right edge
+    np.testing.assert_array_equal(out, np.tile(expected, (h, 1)))
+    np.testing.assert_array_equal(project_depth(src, K, K, np.eye(4), (h, w)), src)  # the same camera
+
+
+def test_read_extrinsics_rejects_what_is_not_rigid(tmp_path):
+    path = tmp_path / "depth_to_color.txt"
+    path.write_text("1 0 0 -0.025\n0 1 0 0\n0 0 1 0\n0 0 0 1\n")
+    np.testing.assert_array_equal(read_extrinsics(path)[:3, 3], [-0.025, 0, 0])
+    for text in ("2 0 0 0\n0 1 0 0\n0 0 1 0\n0 0 0 1\n", "1 0 0 nan\n0 1 0 0\n0 0 1 0\n0 0 0 1\n", "1 0 0\n0 1 0\n"):
+        path.write_text(text)
+        with pytest.raises(SceneError) as e:
+            read_extrinsics(path)
+        assert str(path) in one_line(e)

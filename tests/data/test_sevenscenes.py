@@ -1,6 +1,8 @@
 """7-Scenes loader on a generated scene (640x480 frames, two sequences, official split files)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -105,3 +107,20 @@ def test_no_frames(tmp_path):
     with pytest.raises(SceneError, match="no frames") as e:
         load(tmp_path)
     assert str(tmp_path) in str(e.value)
+
+
+def test_sensor_offset_moves_depth_and_poses_into_the_colour_camera(sevenscenes_scene):
+    """The repository's 7-Scenes extrinsics: the colour camera 2.5 cm along the depth camera's +x."""
+    ext = "experiments/cameras/7scenes_depth_to_color.txt"
+    root = Path(__file__).resolve().parents[2]
+    plain = load(sevenscenes_scene, resolution=[480, 640])
+    moved = load(sevenscenes_scene, resolution=[480, 640], depth_extrinsics=str(root / ext), pose_camera="depth")
+    # colour centre = depth centre + 2.5 cm along the depth camera's x axis; same orientation
+    np.testing.assert_allclose(moved.cam2world_N44[:, :3, 3],
+                               plain.cam2world_N44[:, :3, 3] + 0.025 * plain.cam2world_N44[:, :3, 0], atol=1e-9)
+    np.testing.assert_allclose(moved.cam2world_N44[:, :3, :3], plain.cam2world_N44[:, :3, :3])
+    d_plain, d_moved = plain.read_depth(1), moved.read_depth(1)
+    both = (d_plain > 0) & (d_moved > 0)
+    assert both.mean() > 0.5 and not np.array_equal(d_plain[both], d_moved[both])
+    with pytest.raises(SceneError, match="data.depth_intrinsics is set but data.format=sevenscenes"):
+        load(sevenscenes_scene, depth_intrinsics=str(root / ext))
