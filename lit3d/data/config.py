@@ -53,13 +53,13 @@ class DataConfig:
     colour camera (same centre and pose; the sensors' few-cm baseline is ignored). Empty: depth is registered
     (same K as the colour image)."""
     depth_extrinsics: str = ""
-    """folder, sevenscenes: path of a rigid 4x4 (metres) taking the depth camera's coordinates to the colour camera's, for
-    sensors a few centimetres apart (raw 7-Scenes: ``experiments/cameras/7scenes_depth_to_color.txt``). Depth is
-    then splatted into the colour camera (nearest surface wins). Empty: the two cameras share a centre."""
+    """folder, sevenscenes: path of a rigid 4x4 (metres) taking the depth camera's coordinates to the colour
+    camera's, for sensors a few centimetres apart (raw 7-Scenes: ``experiments/cameras/7scenes_depth_to_color.txt``).
+    Depth is then splatted into the colour camera (nearest surface wins). Empty: the two cameras share a centre."""
     pose_camera: str = "color"
-    """folder, sevenscenes: which camera the pose files give, ``color`` or ``depth`` (raw 7-Scenes: its poses track the depth
-    sensor). ``depth`` needs ``depth_extrinsics``; poses are turned into the colour camera's, which every later
-    stage (labels, PnP, metrics) uses."""
+    """folder, sevenscenes: which camera the pose files give, ``color`` or ``depth`` (raw 7-Scenes: its poses track
+    the depth sensor). ``depth`` needs ``depth_extrinsics``; poses are turned into the colour camera's, which every
+    later stage (labels, PnP, metrics) uses."""
     depth_scale: float = 1000.0
     """folder: depth PNG units per metre (1000 = millimetres, as 7-Scenes/12Scenes; TUM RGB-D uses 5000)."""
     hfov_deg: float = 60.0

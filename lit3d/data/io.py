@@ -221,7 +221,6 @@ def project_depth(depth_HW: np.ndarray, K_src_33: np.ndarray, K_dst_33: np.ndarr
     (disocclusions, outside the source view) get 0 (invalid). Meant for ``size`` no finer than the source's
     sampling (then no cracks open); :func:`resample_depth` takes the result to coarser grids.
     """
-    H, W = depth_HW.shape
     h, w = size
     v, u = np.nonzero(depth_HW > 0)
     z = depth_HW[v, u].astype(np.float64)

@@ -13,9 +13,9 @@ colour camera: depth is registered to it by re-sampling through the two intrinsi
 pixels outside the depth camera's narrower view get depth 0. By default the sensors' baseline is ignored and
 poses are used as given, as common pipelines do; ``data.depth_extrinsics`` (``experiments/cameras/
 7scenes_depth_to_color.txt``: 2.5 cm, measured on the kitchen) with ``data.pose_camera=depth`` moves depth into
-the colour camera and the depth sensor's poses onto it (``experiment=sevenscenes`` sets both). Split (``data.split=auto`` or ``official``): frames of the test
-sequences are test, every ``data.val_every``-th frame of the others is val; interleaved, block and frames work
-on the frame list too. Frame names are ``seq-XX_frame-XXXXXX``.
+the colour camera and the depth sensor's poses onto it (``experiment=sevenscenes`` sets both). Split
+(``data.split=auto`` or ``official``): frames of the test sequences are test, every ``data.val_every``-th frame of
+the others is val; interleaved, block and frames work on the frame list too. Frame names are ``seq-XX_frame-XXXXXX``.
 """
 from __future__ import annotations
 

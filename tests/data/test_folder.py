@@ -198,7 +198,8 @@ def test_depth_extrinsics_put_depth_and_poses_in_the_colour_camera(frame_folder)
     n_world, c = depth_cam2world[:3, :3] @ n_cam, 2.0 + n_cam @ depth_cam2world[:3, :3].T @ depth_cam2world[:3, 3]
     u = np.arange(32)
     z = 2.0 / (1.0 - 0.3 * (u - K[0, 2]) / K[0, 0])
-    Image.fromarray(np.round(np.tile(z, (24, 1)) * 1000).astype(np.uint16)).save(frame_folder / "frame-000020.depth.png")
+    depth_mm = np.round(np.tile(z, (24, 1)) * 1000).astype(np.uint16)
+    Image.fromarray(depth_mm).save(frame_folder / "frame-000020.depth.png")
     color_from_depth = np.eye(4)
     color_from_depth[:3, :3] = np.array([[np.cos(0.05), 0, np.sin(0.05)], [0, 1, 0], [-np.sin(0.05), 0, np.cos(0.05)]])
     color_from_depth[:3, 3] = [-0.1, 0.02, 0.1]
