@@ -15,7 +15,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, WeightAveraging
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from lit3d.cache import build_labels
 from lit3d.cache.datamodule import PointmapDataModule, check_poses_describe_labels
@@ -107,13 +108,17 @@ def _fit(cfg: FitConfig, run_dir: Path, callbacks: list | None, trainer_kwargs: 
     has_val = len(cache.split.get("val", [])) > 0
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", save_last=True,
                                  monitor="val/l2_mean" if has_val else None, mode="min", save_top_k=1)
+    # the foreach form of torch's EMA: 5x faster per step on a CPU than EMAWeightAveraging's per-tensor one
+    ema = cfg.optim.ema_decay
+    averaging = [WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(ema))] if ema > 0 else []
     trainer = L.Trainer(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, precision=t.precision, logger=logger, log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=t.check_val_every_n_epoch, enable_progress_bar=t.enable_progress_bar,
         deterministic=t.deterministic, gradient_clip_val=cfg.optim.grad_clip or None,
         gradient_clip_algorithm="norm", plugins=[VerifiedCheckpointIO()],
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch"), *(callbacks or [])], default_root_dir=run_dir,
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch"), *averaging, *(callbacks or [])],
+        default_root_dir=run_dir,
         **(trainer_kwargs or {}),
     )
     t_train = time.perf_counter()

@@ -410,7 +410,8 @@ def load_frames(cache: LabelCache, names: list[str], module: StudentModule, batc
 
 # --- scores -------------------------------------------------------------------------------------------------------
 def point_errors(fr: Frames, S_44: np.ndarray | None) -> tuple[list[dict], dict[str, float]]:
-    """Per-frame mean L2 errors and pooled ``eval/{student_vs_teacher, teacher_vs_gt, student_vs_gt}/*``.
+    """Per-frame mean L2 errors (and, against ground truth, offsets: :func:`frame_offsets`) and pooled
+    ``eval/{student_vs_teacher, teacher_vs_gt, student_vs_gt}/*``.
 
     Student vs teacher in the labels' unit; against ground truth after mapping by ``S_44``, in metres.
     """
@@ -427,7 +428,24 @@ def point_errors(fr: Frames, S_44: np.ndarray | None) -> tuple[list[dict], dict[
             row[f"{key}_l2_mean"] = float(err_hw[mask_hw].mean()) if mask_hw.any() else float("nan")
             row[f"{key}_l2_median"] = float(np.median(err_hw[mask_hw])) if mask_hw.any() else float("nan")
         metrics.update(error_stats(err_NHW[mask_NHW], f"eval/{key}/"))
+    if "student_vs_gt" in pairs:
+        metrics.update(frame_offsets(rows, pairs["student_vs_gt"][0] - fr.gt_NHW3, fr.gt_valid_NHW, fr.cam2world_N44))
     return rows, metrics
+
+
+def frame_offsets(rows: list[dict], err_NHW3: np.ndarray, mask_NHW: np.ndarray, cam2world_N44: np.ndarray
+                  ) -> dict[str, float]:
+    """Each frame's mean error vector (prediction - truth, metres) in its true camera's axes (x right, y down,
+    z forward), as ``student_offset_{x,y,z}_cm`` in ``rows``: a shift of a whole frame's points that PnP cannot
+    average away (NaN without a pose). Returns ``eval/student_vs_gt/frame_offset_cm_median``, of its length."""
+    lengths = []
+    for row, err_hw3, mask_hw, cam2world_44 in zip(rows, err_NHW3, mask_NHW, cam2world_N44):
+        offset_3 = err_hw3[mask_hw].mean(0) @ cam2world_44[:3, :3] if mask_hw.any() else np.full(3, np.nan)
+        row.update({f"student_offset_{axis}_cm": 100 * float(v) for axis, v in zip("xyz", offset_3)})
+        lengths.append(100 * np.linalg.norm(offset_3))
+    lengths = np.array(lengths)
+    finite = lengths[np.isfinite(lengths)]
+    return {"eval/student_vs_gt/frame_offset_cm_median": float(np.median(finite)) if finite.size else float("nan")}
 
 
 def localize_frames(fr: Frames, S_44: np.ndarray | None, reprojection_px: float, iterations: int = 1000,

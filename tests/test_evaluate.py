@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import lit3d.evaluate
+from lit3d import runs
 from lit3d.cache import build_labels
 from lit3d.data.synthetic import MIN_TEST_PATH_DISTANCE
 from lit3d.evaluate import (EvalOptions, evaluate_run, labels_to_gt, main, nearest_rigid, parse_args, pose_to_gt,
@@ -55,6 +56,24 @@ class MovedLabels:
         f = dict(self.cache.load_frame(name))
         f["pts_world"] = transform_points(self.T_44, f["pts_world"].astype(np.float64)).astype(np.float32)
         return f
+
+
+def test_point_errors_report_each_frames_offset_in_its_camera_axes():
+    rng = np.random.default_rng(0)
+    cam2world_N44 = np.stack([look_at(np.array([1.0, 2.0, 0.5]), np.array([0.0, 0.3, 1.0])), np.full((4, 4), np.nan)])
+    gt_NHW3 = rng.normal(size=(2, 4, 5, 3))
+    offset_cam_3 = np.array([0.01, -0.02, 0.03])  # metres, camera axes
+    noise_NHW3 = rng.normal(scale=0.05, size=gt_NHW3.shape)
+    noise_NHW3 -= noise_NHW3.mean((1, 2), keepdims=True)  # zero mean: only the offset survives averaging
+    student_NHW3 = gt_NHW3 + noise_NHW3 + cam2world_N44[0, :3, :3] @ offset_cam_3
+    valid_NHW = np.ones((2, 4, 5), bool)
+    fr = runs.Frames(names=["a", "b"], images_NHW3=np.zeros((2, 4, 5, 3), np.uint8), teacher_NHW3=gt_NHW3,
+                     valid_NHW=valid_NHW, student_NHW3=student_NHW3, gt_NHW3=gt_NHW3, gt_valid_NHW=valid_NHW,
+                     K_N33=np.stack([np.eye(3)] * 2), cam2world_N44=cam2world_N44, ms_per_image=0.0)
+    rows, metrics = runs.point_errors(fr, np.eye(4))
+    np.testing.assert_allclose([rows[0][f"student_offset_{a}_cm"] for a in "xyz"], [1.0, -2.0, 3.0], atol=1e-9)
+    assert all(np.isnan(rows[1][f"student_offset_{a}_cm"]) for a in "xyz")  # no pose: no camera axes
+    assert metrics["eval/student_vs_gt/frame_offset_cm_median"] == pytest.approx(np.sqrt(14))
 
 
 def test_labels_in_another_frame_are_mapped_back_for_gt_errors_and_poses(tiny_cfg):

@@ -44,9 +44,35 @@ def test_training_beats_the_mean_point_baseline_and_resumes(tiny_cfg):
     assert resumed["time/fit_s"] < metrics["time/fit_s"]
 
 
+def test_ema_keeps_the_moving_average_of_every_step_in_the_checkpoint(tiny_cfg):
+    """``optim.ema_decay``: the saved weights are the average, recomputed here from the weights after each step."""
+    import torch
+    from lightning.pytorch.callbacks import Callback
+
+    class RecordSteps(Callback):
+        def __init__(self):
+            self.steps = []
+
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            self.steps.append({k: p.detach().clone() for k, p in pl_module.named_parameters()})
+
+    decay, record = 0.7, RecordSteps()
+    fit(tiny_cfg("optim.ema_decay=0.7", "trainer.max_epochs=2"), callbacks=[record])
+    assert len(record.steps) >= 4
+    ema = dict(record.steps[0])
+    for step in record.steps[1:]:
+        ema = {k: decay * ema[k] + (1 - decay) * step[k] for k in ema}
+    ckpt = torch.load(tiny_cfg().run_dir + "/checkpoints/last.ckpt", weights_only=False)
+    for k, p in ema.items():
+        torch.testing.assert_close(ckpt["state_dict"][k], p)
+        torch.testing.assert_close(ckpt["current_model_state"][k], record.steps[-1][k])
+    assert any((ema[k] - record.steps[-1][k]).abs().max() > 1e-4 for k in ema)  # the average is not the last step
+
+
 def test_bad_input_gives_one_line_errors(tiny_cfg, tmp_path, caplog):
     assert "unknown student 'resnet'" in one_line_error(caplog, main, ["student=resnet"])
     assert "unknown config key 'trainer.max_epoch'" in one_line_error(caplog, main, ["trainer.max_epoch=3"])
+    assert "'optim.ema_decay': 1.0; it must be < 1" in one_line_error(caplog, main, ["optim.ema_decay=1.0"])
     assert "has no frames" in one_line_error(caplog, main, ["data.num_frames=0", f"cache_dir={tmp_path}"])
 
 
