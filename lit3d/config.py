@@ -103,9 +103,10 @@ class OptimConfig:
     A guard against rare huge gradients that blow up Adam's state: at 96x128 the default student's norms are
     15-80 in normal training, and 150 epochs on the 7-Scenes kitchen video diverged at epoch 56 without it."""
     ema_decay: float = 0.0
-    """Keep an exponential moving average of the weights (Lightning's ``WeightAveraging`` with torch's EMA), updated after every
-    optimizer step with this decay; validation, the checkpoints and the final weights are the average. 0 = off.
-    It averages over about ``1 / (1 - decay)`` steps: 0.999 is 1,000 steps, 13 epochs of 613 frames at batch 8."""
+    """Keep an exponential moving average of the weights (Lightning's ``WeightAveraging`` with torch's EMA),
+    updated after every optimizer step with this decay; validation, the checkpoints and the final weights are the
+    average. 0 = off. It averages over about ``1 / (1 - decay)`` steps: 0.999 is 1,000 steps, 13 epochs of 613
+    frames at batch 8; early validation figures lag, as the average still holds the first steps' weights."""
 
 
 @dataclass
