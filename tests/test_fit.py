@@ -3,6 +3,7 @@ import json
 import logging
 
 import pytest
+from lightning.pytorch.callbacks import Callback
 
 from lit3d.cache import build_labels
 from lit3d.fit import fit, main
@@ -47,26 +48,49 @@ def test_training_beats_the_mean_point_baseline_and_resumes(tiny_cfg):
 def test_ema_keeps_the_moving_average_of_every_step_in_the_checkpoint(tiny_cfg):
     """``optim.ema_decay``: the saved weights are the average, recomputed here from the weights after each step."""
     import torch
-    from lightning.pytorch.callbacks import Callback
 
-    class RecordSteps(Callback):
-        def __init__(self):
-            self.steps = []
-
-        def on_train_batch_end(self, trainer, pl_module, *args):
-            self.steps.append({k: p.detach().clone() for k, p in pl_module.named_parameters()})
-
-    decay, record = 0.7, RecordSteps()
-    fit(tiny_cfg("optim.ema_decay=0.7", "trainer.max_epochs=2"), callbacks=[record])
-    assert len(record.steps) >= 4
-    ema = dict(record.steps[0])
-    for step in record.steps[1:]:
-        ema = {k: decay * ema[k] + (1 - decay) * step[k] for k in ema}
+    steps = []
+    fit(tiny_cfg("optim.ema_decay=0.7", "trainer.max_epochs=2"), callbacks=[_RecordSteps(steps)])
+    assert len(steps) >= 4
+    ema = _ema(steps, decay=0.7)
     ckpt = torch.load(tiny_cfg().run_dir + "/checkpoints/last.ckpt", weights_only=False)
     for k, p in ema.items():
         torch.testing.assert_close(ckpt["state_dict"][k], p)
-        torch.testing.assert_close(ckpt["current_model_state"][k], record.steps[-1][k])
-    assert any((ema[k] - record.steps[-1][k]).abs().max() > 1e-4 for k in ema)  # the average is not the last step
+        torch.testing.assert_close(ckpt["current_model_state"][k], steps[-1][k])
+    assert any((ema[k] - steps[-1][k]).abs().max() > 1e-4 for k in ema)  # the average is not the last step
+
+
+@pytest.mark.slow
+def test_ema_resumes_where_the_killed_run_stopped(tiny_cfg):
+    """A resumed run goes on averaging from the checkpoint's average, not from its last weights."""
+    import torch
+
+    steps = []
+    fit(tiny_cfg("optim.ema_decay=0.7", "trainer.max_epochs=2"), callbacks=[_RecordSteps(steps)])
+    first = len(steps)
+    fit(tiny_cfg("optim.ema_decay=0.7", "trainer.max_epochs=4", "trainer.resume=last"), callbacks=[_RecordSteps(steps)])
+    assert len(steps) >= 2 * first
+    ckpt = torch.load(tiny_cfg().run_dir + "/checkpoints/last.ckpt", weights_only=False)
+    for k, p in _ema(steps, decay=0.7).items():
+        torch.testing.assert_close(ckpt["state_dict"][k], p)
+
+
+class _RecordSteps(Callback):
+    """Appends the student's weights after every optimizer step to ``steps``."""
+
+    def __init__(self, steps: list):
+        self.steps = steps
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self.steps.append({k: p.detach().clone() for k, p in pl_module.named_parameters()})
+
+
+def _ema(steps: list[dict], decay: float) -> dict:
+    """The exponential moving average of the recorded weights, started at the first step's."""
+    ema = dict(steps[0])
+    for step in steps[1:]:
+        ema = {k: decay * ema[k] + (1 - decay) * step[k] for k in ema}
+    return ema
 
 
 def test_bad_input_gives_one_line_errors(tiny_cfg, tmp_path, caplog):
