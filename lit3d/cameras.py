@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lit3d.data.io import atomic_write_bytes
+from lit3d.files import atomic_write_bytes
 from lit3d.geometry import invert_pose, quaternion_to_rotation, rotation_to_quaternion
 
 COLMAP_MODELS = {  # model name -> number of parameters; the first ones are f (or fx, fy), cx, cy

@@ -1,16 +1,19 @@
-"""Atomic output files for writers that need a path (savefig, torch.jit.save, onnx export, PLY streams).
+"""Atomic output files: readers see the old file or the whole new one, also after a crash.
 
-``atomic_output(path)`` hands out a temporary file next to ``path``; when the block ends without an exception the
-file is fsync'd and renamed over ``path`` (readers see the old file or the whole new one, also after a crash),
-otherwise it is removed. Byte strings go through :func:`lit3d.data.io.atomic_write_bytes`, which does the same.
+``atomic_output(path)`` hands out a temporary file next to ``path`` for writers that need a path (savefig,
+torch.jit.save, onnx export, PLY streams); when the block ends without an exception the file is fsync'd and renamed
+over ``path``, otherwise it is removed. ``atomic_write_bytes`` and ``atomic_save_npz`` go through it.
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -28,3 +31,16 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """``np.savez`` (uncompressed, fast to read) written atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())

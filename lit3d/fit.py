@@ -22,7 +22,7 @@ from lit3d.cache import build_labels
 from lit3d.cache.datamodule import PointmapDataModule, check_poses_describe_labels
 from lit3d.cache.store import write_json
 from lit3d.config import ConfigError, FitConfig, TrainerConfig, to_yaml
-from lit3d.data.io import atomic_write_bytes
+from lit3d.files import atomic_write_bytes
 from lit3d.locks import is_launched_worker
 from lit3d.loggers import make_logger
 from lit3d.runs import check_run_dir_free, run_dir_lock, writing

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lit3d.config import ConfigError
-from lit3d.data.io import atomic_write_bytes
+from lit3d.files import atomic_write_bytes
 from lit3d.runs import RunDirError, find_runs, flatten, load_curves, raw_config, read_metrics, write_csv
 
 log = logging.getLogger("lit3d.report")

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from lit3d.cache.datamodule import resize_frame
 from lit3d.cache.store import LabelCache, write_json
 from lit3d.config import ConfigError, FitConfig, from_yaml, load_config
-from lit3d.data.io import atomic_write_bytes
+from lit3d.files import atomic_write_bytes
 from lit3d.locks import LockBusy, file_lock
 from lit3d.geometry import backproject_depth, nearest_rotation, transform_points, umeyama_sim3
 from lit3d.metrics.localization import localize, pose_errors, summarize

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from lit3d.cli import command
 from lit3d.config import FitConfig, field_docs
-from lit3d.data.io import atomic_write_bytes
+from lit3d.files import atomic_write_bytes
 from lit3d.sweeps.space import grid_points, make_pruner, make_sampler
 from lit3d.sweeps.spec import ParamSpec, SweepConfig, flatten, load_sweep, params_of, to_yaml
 from lit3d.sweeps.storage import check_spec, db_lock, make_storage, redact, retried, storage_url, top_up

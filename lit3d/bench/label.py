@@ -134,7 +134,7 @@ def main(argv: list[str]) -> None:
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())})")
     print(format_table(rows))
     if json_path:
-        from lit3d.data.io import atomic_write_bytes
+        from lit3d.files import atomic_write_bytes
 
         table = {"overrides": [*DEFAULTS, *overrides], "rows": rows}
         atomic_write_bytes(Path(json_path), json.dumps(table, indent=1, default=str).encode())

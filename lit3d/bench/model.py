@@ -291,7 +291,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, float]
     rates = [] if args.no_data else bench_data(args.students, args.data, args.data_seconds)
     loc = bench_localize(args.localize[0], args.localize[1:], args.intrinsics, args.hfov_deg) if args.localize else {}
     if args.json:
-        from lit3d.data.io import atomic_write_bytes
+        from lit3d.files import atomic_write_bytes
 
         table = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
                  "resolution": list(hw), "models": [dataclasses.asdict(r) for r in rows],

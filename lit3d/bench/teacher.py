@@ -282,7 +282,7 @@ def measure(args: argparse.Namespace) -> list[LabelRow]:
         if cuda:
             torch.cuda.empty_cache()
     if args.json:
-        from lit3d.data.io import atomic_write_bytes
+        from lit3d.files import atomic_write_bytes
 
         table = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
                  "frames": frames, "size": list(hw), "graph": args.graph, "teachers": args.teachers,

@@ -30,7 +30,7 @@ from lit3d.align.inputs import check_inputs
 from lit3d.align.known_poses import KnownPoseFusion
 from lit3d.cache.store import CacheError, LabelCache, write_json
 from lit3d.data import Scene, load_scene
-from lit3d.data.io import atomic_save_npz
+from lit3d.files import atomic_save_npz
 from lit3d.locks import file_lock, is_launched_worker
 from lit3d.memory import peak_rss_mb
 from lit3d.pairs import make_pairs

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lit3d.data.io import atomic_save_npz, atomic_write_bytes
+from lit3d.files import atomic_save_npz, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Readers and atomic writers with one-line errors that name the offending file.
+"""Readers with one-line errors that name the offending file.
 
 Readers return arrays at the file's native size; ``resize_rgb`` / ``resample_depth`` bring them to the scene
 resolution. Every reader raises :class:`SceneError` whose message starts with the file's path.
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -19,31 +18,6 @@ from lit3d.data.scene import SceneError
 
 class CorruptPoseError(SceneError):
     """A pose file holding INF/NaN: 12Scenes' marker of a frame without a pose (loaders may skip and count)."""
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
-    """``np.savez`` (uncompressed, fast to read) through a temporary file and an atomic rename."""
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 # --- text files: poses and intrinsics -----------------------------------------------------------------------

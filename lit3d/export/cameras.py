@@ -23,7 +23,7 @@ from PIL import Image
 from lit3d.cache.store import CAMERAS_FILE, CacheError, LabelCache
 from lit3d.cameras import (COLMAP_MODELS, POINT2D_DTYPE, ColmapCamera, ColmapImage, ColmapModel, ColmapPoints, tum_line,
                            write_lines)
-from lit3d.data.io import atomic_write_bytes
+from lit3d.files import atomic_write_bytes
 from lit3d.geometry import invert_pose, project, transform_points
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from lit3d.data.io import atomic_write_bytes
-from lit3d.files import atomic_output
+from lit3d.files import atomic_output, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from lit3d.align.result import AlignResult
-from lit3d.data.io import atomic_save_npz, atomic_write_bytes
+from lit3d.files import atomic_save_npz, atomic_write_bytes
 from lit3d.geometry import backproject_depth, scale_intrinsics, transform_points
 from lit3d.teachers import TEACHERS
 from lit3d.teachers.base import FrameTransform, Teacher

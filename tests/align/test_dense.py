@@ -16,7 +16,7 @@ from lit3d.align.inputs import check_inputs
 from lit3d.align.synthetic import make_predictions, make_scene, scene_graph
 from lit3d.cache import LabelCache, build_labels
 from lit3d.config import load_config
-from lit3d.data.io import atomic_save_npz
+from lit3d.files import atomic_save_npz
 
 REFERENCE = Path(__file__).with_name("global_reference.npz")
 """:func:`reference_problems` as aligned by the code before the dense stage streamed its frames (all in memory)."""

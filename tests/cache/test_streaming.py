@@ -8,7 +8,7 @@ from lit3d.align import AlignConfig, align_predictions
 from lit3d.align.known_poses import KnownPoseFusion
 from lit3d.align.synthetic import make_predictions, make_scene, scene_graph
 from lit3d.cache import CacheError, LabelCache
-from lit3d.data.io import atomic_save_npz
+from lit3d.files import atomic_save_npz
 
 
 def write_shards(root, edges_E2, pred: dict, shard_size: int) -> LabelCache:
