@@ -1,6 +1,7 @@
 """``python -m lit3d.label``: resumable label cache builds (interrupted anywhere -> same cache) and 2-process DDP."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ import lit3d.cache.build as build
 from lit3d.cache import LabelCache, build_labels
 from lit3d.cache.store import FRAME_KEYS
 from lit3d.config import load_config
+from lit3d.data import load_scene
 from lit3d.data.synthetic import _camera_path, render, synthetic_intrinsics
 from lit3d.label import main
 
@@ -309,6 +311,26 @@ def test_input_file_edited_in_place_is_relabelled(tmp_path, caplog):
     assert not np.array_equal(relabelled.load_frame("frame-000003")["image"], before)
     fresh, _ = build_labels(load_config([*args[:-1], f"cache_dir={tmp_path / 'fresh'}"]))
     assert_same_cache(relabelled, frames_of(fresh))
+
+
+def test_input_files_copied_with_new_times_keep_their_labels(tmp_path, caplog):
+    root = write_frame_folder(tmp_path / "scene")
+    args = [*FOLDER_ARGS, f"data.root={root}", f"cache_dir={tmp_path / 'cache'}"]
+    cache, _ = build_labels(load_config(args))
+    inputs = cache.root / "inputs.json"
+    legacy = {name: rec["stat"] for name, rec in json.loads(inputs.read_text()).items()}
+    inputs.write_text(json.dumps(legacy))  # what caches written before content digests hold: trusted as they are
+    _, summary = build_labels(load_config(args))
+    assert summary["reused"] and all(rec["sha256"] for rec in json.loads(inputs.read_text()).values())
+    for path in root.iterdir():  # what a copy without -p, a restore or a re-provisioned share does
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with caplog.at_level(logging.WARNING):
+        again, summary = build_labels(load_config(args))
+    assert summary["reused"] and "changed since" not in caplog.text and again.root == cache.root
+    scene = load_scene(load_config(args).data)
+    assert {name: rec["stat"] for name, rec in json.loads(inputs.read_text()).items()} == dict(
+        zip(scene.frame_names, scene.frame_stamps()))  # the new times are recorded: the next start hashes nothing
 
 
 def test_verify_checks_every_checksum(tmp_path, reference, caplog):

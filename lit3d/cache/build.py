@@ -327,15 +327,26 @@ WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 def _forget_changed_inputs(cache: LabelCache, scene: Scene, edges_E2: np.ndarray, shard_size: int) -> None:
     """Forget what was made from input files that changed since they were labelled (edited or replaced in place):
     the teacher shards of their pairs, the alignment and the frames (a frame's labels fuse its neighbours' pairs, and
-    a global alignment couples all frames), keeping every other shard; then record the files' current stamps. A
-    cache built before stamps were recorded is trusted once; an unreadable record makes every frame count as
-    changed."""
+    a global alignment couples all frames), keeping every other shard; then record the files' current stamps.
+
+    A frame whose stamp (sizes, mtimes) differs is hashed: a copied, restored or touched file with the same content
+    keeps its labels. A cache built before stamps were recorded is trusted once; an unreadable record makes every
+    frame count as changed."""
     stamps = dict(zip(scene.frame_names, scene.frame_stamps()))
     recorded = cache.input_stamps()
-    if recorded == stamps:
+    record, changed = {}, []
+    for i, name in enumerate(scene.frame_names):
+        old = recorded.get(name) if recorded is not None else None
+        if old is not None and old["stat"] == stamps[name] and old["sha256"]:
+            record[name] = old
+            continue
+        record[name] = {"stat": stamps[name], "sha256": scene.frame_digest(i)}
+        if recorded is None or not stamps[name]:
+            continue
+        if old is None or (old["stat"] != stamps[name] and old["sha256"] != record[name]["sha256"]):
+            changed.append(i)
+    if record == recorded:
         return
-    changed = [i for i, n in enumerate(scene.frame_names) if recorded is not None and stamps[n]
-               and recorded.get(n) != stamps[n]]
     if changed:
         shards = np.unique(np.flatnonzero(np.isin(edges_E2, changed).any(1)) // shard_size)
         log.warning("input files of %d frames changed since label cache %s was built (e.g. %s): recomputing %d "
@@ -346,7 +357,7 @@ def _forget_changed_inputs(cache: LabelCache, scene: Scene, edges_E2: np.ndarray
             cache.shard_path(int(shard)).unlink(missing_ok=True)
         for name in ("checksums.json", "labels.json", ALIGNED_FILE):  # no frame counts as written any more
             (cache.root / name).unlink(missing_ok=True)
-    cache.record_input_stamps(stamps)
+    cache.record_input_stamps(record)
 
 
 def build_labels(cfg, trainer_kwargs: dict | None = None, verify: bool = False) -> tuple[LabelCache, dict]:

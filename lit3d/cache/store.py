@@ -8,7 +8,7 @@ Layout of ``<cache_dir>/labels/<scene>-<hash>/``:
     checksums.json        frame name -> SHA-256, size (bytes) and mtime_ns of its file as written
     labels.json           which world frame and unit the points are in, alignment residual, cameras.npz's SHA-256
     cameras.npz           the frames' cameras as alignment used or solved them (:meth:`LabelCache.write_cameras`)
-    inputs.json           frame name -> stamp (paths, sizes, mtime_ns) of its input files when it was labelled
+    inputs.json           frame name -> stamp (paths, sizes, mtime_ns) and SHA-256 of its input files when labelled
     .lock                 held by the process that checks or builds the cache (see :mod:`lit3d.locks`)
 Every file is written atomically; a frame is complete when its checksum is recorded, so an interrupted build
 resumes where it stopped, and a file whose checksum does not match is rebuilt, never used. Integrity checks scale:
@@ -164,19 +164,22 @@ class LabelCache:
         path.unlink()
         return False
 
-    def input_stamps(self) -> dict[str, str] | None:
-        """Frame name -> stamp of its input files (:meth:`lit3d.data.Scene.frame_stamps`) as last labelled; None
-        when not recorded (a new cache, or one written before stamps were recorded), empty when unreadable."""
+    def input_stamps(self) -> dict[str, dict] | None:
+        """Frame name -> ``{"stat", "sha256"}`` of its input files as last labelled (:meth:`lit3d.data.Scene.
+        frame_stamps`, :meth:`~lit3d.data.Scene.frame_digest`); None when not recorded (a new cache, or one written
+        before stamps were recorded), empty when unreadable. Records of older caches (a stamp only) get an empty
+        ``sha256``."""
         path = self.root / "inputs.json"
         if not path.is_file():
             return None
         try:
-            return read_json(path)
+            recorded = read_json(path)
         except CacheError as e:
             log.warning("%s: every frame counts as changed", str(e).split(";")[0])
             return {}
+        return {name: rec if isinstance(rec, dict) else {"stat": rec, "sha256": ""} for name, rec in recorded.items()}
 
-    def record_input_stamps(self, stamps: dict[str, str]) -> None:
+    def record_input_stamps(self, stamps: dict[str, dict]) -> None:
         write_json(self.root / "inputs.json", stamps)
 
     # --- frames -------------------------------------------------------------------------------------------

@@ -48,8 +48,8 @@ class Scene:
     """What identifies the scene's content (loader, root, options); hashed into the label cache manifest."""
     input_files: list[list] = field(default_factory=list)
     """Files the readers read: one list of paths per kind (images, depth maps), each in frame order. Their sizes and
-    modification times give :meth:`frame_stamps`, so that a label cache notices a file edited in place. Empty for
-    generated scenes."""
+    modification times give :meth:`frame_stamps`, so that a label cache notices a file edited in place, and their
+    content :meth:`frame_digest`. Empty for generated scenes."""
 
     def __post_init__(self) -> None:
         n = len(self.frame_names)
@@ -108,6 +108,18 @@ class Scene:
                 h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
             stamps.append(h.hexdigest()[:16] if files else "")
         return stamps
+
+    def frame_digest(self, i: int) -> str:
+        """SHA-256 of the content of frame ``i``'s input files: tells a copied or touched file (new
+        :meth:`frame_stamps`, same content) from an edited one. Reads the files; empty for a generated scene."""
+        h = hashlib.sha256()
+        for kind in self.input_files:
+            try:
+                with open(kind[i], "rb") as f:
+                    h.update(hashlib.sha256(f.read()).digest())
+            except OSError as e:
+                raise SceneError(f"{kind[i]}: cannot read input file ({e.strerror})") from None
+        return h.hexdigest() if self.input_files else ""
 
 
 def split_every(n: int, test_every: int, val_every: int = 0, offset: int = 0) -> dict[str, np.ndarray]:

@@ -1,4 +1,5 @@
-"""``Scene.frame_stamps``: each frame's input files (size, mtime_ns), so a file edited in place is noticed."""
+"""``Scene.frame_stamps`` / ``frame_digest``: each frame's input files (size, mtime_ns; content), so a file edited in
+place is noticed."""
 import os
 
 import pytest
@@ -18,7 +19,7 @@ def load(fmt: str, root) -> object:
 def test_editing_a_file_in_place_changes_its_frames_stamp_only(fmt, fixture, edited, request):
     root = request.getfixturevalue(fixture)
     scene = load(fmt, root)
-    before = scene.frame_stamps()
+    before, digests = scene.frame_stamps(), [scene.frame_digest(i) for i in range(len(scene))]
     assert len(before) == len(scene) and len(set(before)) == len(scene)
     path = root / edited
     path.write_bytes(path.read_bytes())  # same bytes, new modification time: what an editor's save looks like
@@ -28,6 +29,11 @@ def test_editing_a_file_in_place_changes_its_frames_stamp_only(fmt, fixture, edi
     edited_frame = next(k for kind in after.input_files for k, f in enumerate(kind) if str(f) == str(path))
     assert changed == [scene.frame_names[edited_frame]]
     assert after.fingerprint() == scene.fingerprint()  # the cache folder stays: only that frame is relabelled
+    assert [after.frame_digest(i) for i in range(len(after))] == digests  # same bytes: the labels can stay
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert [i for i in range(len(after)) if after.frame_digest(i) != digests[i]] == [edited_frame]
 
 
 def test_a_missing_input_file_is_named(frame_folder):
@@ -39,4 +45,4 @@ def test_a_missing_input_file_is_named(frame_folder):
 
 def test_generated_scene_has_empty_stamps(tmp_path):
     scene = load_scene(DataConfig(num_frames=4, resolution=[24, 32], test_path_frames=1), tmp_path)
-    assert scene.frame_stamps() == [""] * len(scene)
+    assert scene.frame_stamps() == [""] * len(scene) and scene.frame_digest(0) == ""
