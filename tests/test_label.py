@@ -333,6 +333,18 @@ def test_input_files_copied_with_new_times_keep_their_labels(tmp_path, caplog):
         zip(scene.frame_names, scene.frame_stamps()))  # the new times are recorded: the next start hashes nothing
 
 
+@pytest.mark.parametrize("content", ["{not json", '{"frame-000000": 3}'])
+def test_a_corrupt_record_of_input_files_relabels_every_frame(tmp_path, caplog, content):
+    root = write_frame_folder(tmp_path / "scene")
+    args = [*FOLDER_ARGS, f"data.root={root}", f"cache_dir={tmp_path / 'cache'}"]
+    cache, _ = build_labels(load_config(args))
+    (cache.root / "inputs.json").write_text(content)
+    with caplog.at_level(logging.WARNING):
+        _, summary = build_labels(load_config(args))
+    assert f"{cache.root / 'inputs.json'}" in caplog.text and "every frame counts as changed" in caplog.text
+    assert summary["predicted_pairs"] == len(cache.manifest["edges"])
+
+
 def test_verify_checks_every_checksum(tmp_path, reference, caplog):
     cache, _ = build_in(tmp_path)
     path = cache.frame_path(cache.frames[4])

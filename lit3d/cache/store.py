@@ -174,10 +174,14 @@ class LabelCache:
             return None
         try:
             recorded = read_json(path)
+            return {name: {"stat": rec, "sha256": ""} if isinstance(rec, str) else
+                    {"stat": str(rec["stat"]), "sha256": str(rec["sha256"])} for name, rec in recorded.items()}
         except CacheError as e:
-            log.warning("%s: every frame counts as changed", str(e).split(";")[0])
-            return {}
-        return {name: rec if isinstance(rec, dict) else {"stat": rec, "sha256": ""} for name, rec in recorded.items()}
+            problem = str(e).split(";")[0]
+        except (KeyError, TypeError):
+            problem = f"label cache file {path} is corrupt (not a record of input stamps)"
+        log.warning("%s: every frame counts as changed", problem)
+        return {}
 
     def record_input_stamps(self, stamps: dict[str, dict]) -> None:
         write_json(self.root / "inputs.json", stamps)
