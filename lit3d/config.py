@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lit3d.align.config import AlignConfig
-from lit3d.data import FORMATS
+from lit3d.data import FORMATS, default_resolution
 from lit3d.data.config import DataConfig
 from lit3d.data.splits import SPLIT_MODES
 from lit3d.pairs.config import PairsConfig
@@ -46,9 +46,9 @@ class MissingPackageError(ImportError):
 
 @dataclass
 class LoaderConfig:
-    resolution: list[int] = field(default_factory=lambda: [96, 128])
-    """(H, W) of the student's input and output; labels are resized to it consistently with the images. The
-    default equals ``data.resolution`` (no resampling); fewer pixels train faster but localize worse."""
+    resolution: list[int] = field(default_factory=list)
+    """(H, W) of the student's input and output; labels are resized to it consistently with the images. Empty:
+    ``data.resolution`` (no resampling); fewer pixels train faster but localize worse."""
     batch_size: int = 8
     """Images per training step."""
     num_workers: int = 0
@@ -384,6 +384,10 @@ def _resolve(raw: DictConfig) -> FitConfig:
         msg = str(e).splitlines()[0]
         raise ConfigError(f"invalid value for '{key}': {msg}" if key else msg) from None
     cfg = OmegaConf.to_object(merged)
+    if not cfg.data.resolution and cfg.data.format in FORMATS:  # an unknown format fails in check_choices
+        cfg.data.resolution = default_resolution(cfg.data.format)
+    if not cfg.loader.resolution:
+        cfg.loader.resolution = list(cfg.data.resolution)
     check_choices(cfg)
     if cfg.optim.lr <= 0:
         cfg.optim.lr = cfg.student.default_lr

@@ -46,6 +46,21 @@ def test_experiment_yaml_then_cli_overrides(tmp_path):
         load_config(["experiment=nope"])
 
 
+@pytest.mark.parametrize("args, data_hw, loader_hw", [
+    ([], [96, 128], [96, 128]),  # the synthetic scene's default (its 10-minute default run)
+    (["data.format=folder", "data.root=x"], [192, 256], [192, 256]),  # recorded images
+    (["data.format=sevenscenes", "data.resolution=[48,64]"], [48, 64], [48, 64]),  # the student follows the labels
+    (["data.format=images", "loader.resolution=[96,128]"], [192, 256], [96, 128]),  # or resamples them
+    (["experiment=vit_best", "data.format=twelvescenes"], [96, 128], [96, 128]),  # paper configurations: as trained
+    (["experiment=mobilenetv3_frozen", "data.format=sevenscenes"], [96, 128], [96, 128]),
+])
+def test_resolution_defaults_to_the_formats_and_the_student_follows_the_labels(args, data_hw, loader_hw, tmp_path):
+    cfg = load_config(args)
+    assert (cfg.data.resolution, cfg.loader.resolution) == (data_hw, loader_hw)
+    (tmp_path / "config.yaml").write_text(to_yaml(cfg))  # a run's config.yaml records the resolved sizes
+    assert "resolution: []" not in to_yaml(cfg) and from_yaml(tmp_path / "config.yaml") == cfg
+
+
 def test_yaml_round_trip_and_help(tmp_path):
     cfg = load_config(["student=vit", "student.latent_dim=64", "data.resolution=[24,32]"])
     (tmp_path / "config.yaml").write_text(to_yaml(cfg))

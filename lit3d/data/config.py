@@ -11,8 +11,10 @@ class DataConfig:
     colmap)."""
     root: str = ""
     """Folder of the scene on disk (unused by ``synthetic``, whose renders are cached under ``cache_dir``)."""
-    resolution: list[int] = field(default_factory=lambda: [96, 128])
-    """(H, W) the loader delivers frames at (images resized, depth nearest, intrinsics scaled); labels live here."""
+    resolution: list[int] = field(default_factory=list)
+    """(H, W) the loader delivers frames at (images resized, depth nearest, intrinsics scaled); labels live here.
+    Empty: the format's default (``lit3d.data.default_resolution``): 96x128 for the synthetic scene, 192x256 for
+    recorded images."""
     stride: int = 1
     """Keep every ``stride``-th frame (after sorting by name; 7-Scenes: over all sequences in order)."""
     max_frames: int = 0

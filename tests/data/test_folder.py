@@ -34,6 +34,13 @@ def test_loads_at_native_and_other_resolutions(tmp_path, renders, ext):
     assert half.read_image(3).shape == (12, 16, 3)
 
 
+def test_recorded_frames_default_to_192x256_with_k_scaled(frame_folder):
+    """An empty ``data.resolution`` is the format's default; K scales with the 24x32 renders' native size."""
+    scene = load_scene(DataConfig(format="folder", root=str(frame_folder)))
+    assert scene.read_image(0).shape == (192, 256, 3) and scene.read_depth(0).shape == (192, 256)
+    np.testing.assert_allclose(scene.K_N33[0], scale_intrinsics(synthetic_intrinsics(24, 32), 8, 8))
+
+
 def test_split_by_test_frames_stride_and_max_frames(frame_folder):
     scene = load(frame_folder, test_frames=["frame-000020", "frame-000050"], val_every=3)
     np.testing.assert_array_equal(scene.split["test"], [2, 5])
