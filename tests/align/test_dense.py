@@ -44,14 +44,15 @@ def reference_problems():
 
 
 def test_labels_equal_the_reference_of_the_in_memory_implementation():
-    """Bit-identical on the machine that stored the reference; another CPU may round float32 differently."""
+    """Equal to float32 rounding: the thread count changes the order of torch's reductions (one thread against
+    two moves points by up to 3e-5 and edge residuals by 3e-6 here); one step fewer moves them by 1e-3 and 1e-4."""
     ref = np.load(REFERENCE)
     for name, res in reference_problems():
         np.testing.assert_array_equal(res.valid_NHW, ref[f"{name}/valid"], err_msg=name)
         np.testing.assert_array_equal(res.conf_NHW, ref[f"{name}/conf"], err_msg=name)  # the predictions' only
-        np.testing.assert_allclose(res.pts_world_NHW3, ref[f"{name}/pts_world"], rtol=1e-5, atol=1e-6, err_msg=name)
-        np.testing.assert_allclose(res.cam2world_N44, ref[f"{name}/cam2world"], rtol=1e-5, atol=1e-6, err_msg=name)
-        np.testing.assert_allclose(res.edge_residual_E, ref[f"{name}/edge_residual"], rtol=1e-4, atol=1e-8)
+        np.testing.assert_allclose(res.pts_world_NHW3, ref[f"{name}/pts_world"], rtol=0, atol=1e-4, err_msg=name)
+        np.testing.assert_allclose(res.cam2world_N44, ref[f"{name}/cam2world"], rtol=0, atol=1e-4, err_msg=name)
+        np.testing.assert_allclose(res.edge_residual_E, ref[f"{name}/edge_residual"], rtol=1e-4, atol=1e-5)
         assert res.residual == pytest.approx(float(ref[f"{name}/residual"]), rel=1e-4)
 
 
