@@ -120,10 +120,12 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
              metrics.get("loc/median_t_cm", nan), metrics.get("loc/median_r_deg", nan))
     if "gen/coverage_mean" in metrics or "gen/nearest_train_m_median" in metrics:
         log.info("test frames vs training cameras: median nearest %.3f (poses' unit), %.1f deg to it, %.1f deg to the "
-                 "closest in rotation; surface seen by training frames %.1f %%",
+                 "closest in rotation; surface seen by training frames %.1f %%, at %.2f-%.2fx (median %.2fx) the "
+                 "depth of the training view nearest in scale",
                  *(metrics.get(f"gen/{k}", nan) for k in ("nearest_train_m_median", "nearest_train_deg_median",
                                                           "min_train_deg_median")),
-                 100 * metrics.get("gen/coverage_mean", nan))
+                 100 * metrics.get("gen/coverage_mean", nan),
+                 *(metrics.get(f"gen/depth_ratio_{k}", nan) for k in ("min", "max", "median")))
     return metrics
 
 

@@ -147,6 +147,10 @@ def test_evaluate_a_tiny_run(tiny_cfg, caplog, monkeypatch):
         assert 0 <= float(r["min_train_deg"]) <= float(r["nearest_train_deg"]) <= 180
     assert metrics["gen/nearest_train_m_median"] >= MIN_TEST_PATH_DISTANCE and metrics["gen/coverage_mean"] > 0.8
     assert metrics["gen/nearest_train_deg_median"] >= metrics["gen/min_train_deg_median"] > 0
+    # the low test ring looks at the nearer walls: closer than any training frame saw them
+    ratios = [float(r["depth_ratio"]) for r in rows]  # 0.59-0.99 on the tiny scene's 4 test frames
+    assert min(ratios[1::2]) == metrics["gen/depth_ratio_min"] < 0.8 and 0.8 < min(ratios[::2])
+    assert metrics["gen/depth_ratio_max"] == max(ratios) <= 1.05
     assert (metrics["eval/ransac_iterations"], metrics["eval/refine"], metrics["eval/tuned"]) == (1000, True, False)
 
     # a re-run without exports keeps the export keys and replaces the rest

@@ -1,4 +1,5 @@
-"""How far a test camera is from the training cameras: nearest camera and surface coverage (pure numpy).
+"""How far a test camera is from the training cameras: nearest camera, surface coverage and the scale at which
+training frames saw that surface (pure numpy).
 
 Poses are camera-to-world 4x4 (OpenCV axes: x right, y down, z forward), in one world frame and unit; intrinsics
 are 3x3 in pixels with pixel centres at integer coordinates; depth maps are z-depth in the poses' unit, 0 = none.
@@ -55,31 +56,30 @@ def surface_points(depth_HW: np.ndarray, K_33: np.ndarray, cam2world_44: np.ndar
     return pts_P3 @ T[:3, :3].T + T[:3, 3]
 
 
-def surface_coverage(pts_world_P3: np.ndarray, train_cam2world_M44: np.ndarray, train_K_M33: np.ndarray,
-                     train_depth_MHW: np.ndarray, rtol: float = 0.05, atol: float = 0.05,
-                     max_elements: int = 4_000_000) -> np.ndarray:
-    """Which world points (P, 3) some training frame sees: (P,) bool.
+def training_depth(pts_world_P3: np.ndarray, train_cam2world_M44: np.ndarray, train_K_M33: np.ndarray,
+                   train_depth_MHW: np.ndarray, near_P: np.ndarray | None = None, rtol: float = 0.05,
+                   atol: float = 0.05, max_elements: int = 4_000_000) -> np.ndarray:
+    """The depth (P,) at which a training frame sees each world point (P, 3); NaN where none does.
 
     A point is seen by a training camera when it projects inside its image (nearest pixel), in front of it, and
     that frame's depth there agrees with the point's depth within ``max(rtol * z, atol)`` (not occluded, and the
-    frame has depth there). Vectorised over points and cameras in chunks of about ``max_elements`` point-camera
-    pairs; points already seen are not tested against later cameras.
+    frame has depth there). Of several such cameras the one whose depth is nearest in ratio to ``near_P`` (the
+    query camera's depth of each point) is kept; without ``near_P`` any of them. Vectorised over points and
+    cameras in chunks of about ``max_elements`` point-camera pairs.
     """
     pts = np.asarray(pts_world_P3, dtype=np.float64).reshape(-1, 3)
     T = np.asarray(train_cam2world_M44, dtype=np.float64).reshape(-1, 4, 4)
     K = np.asarray(train_K_M33, dtype=np.float64).reshape(-1, 3, 3)
     depth = np.asarray(train_depth_MHW)
     M, (H, W) = len(T), depth.shape[1:]
-    seen = np.zeros(len(pts), bool)
-    R_M33 = T[:, :3, :3]
-    t_M3 = T[:, :3, 3]
-    todo = np.arange(len(pts))
-    m = 0
-    while m < M and len(todo):
-        c = max(1, min(M - m, max_elements // max(1, len(todo))))
+    log_near_P = np.log(np.asarray(near_P, dtype=np.float64)) if near_P is not None else np.zeros(len(pts))
+    best_P = np.full(len(pts), np.nan)
+    gap_P = np.full(len(pts), np.inf)  # |log(near / z_train)| of the kept camera
+    c = max(1, min(M, max_elements // max(1, len(pts))))
+    for m in range(0, M, c):
         sl = slice(m, m + c)
-        # camera-frame points (c, p, 3): R^T (X - t)
-        cam = np.einsum("mji,mpj->mpi", R_M33[sl], pts[todo][None] - t_M3[sl, None])
+        # camera-frame points (c, P, 3): R^T (X - t)
+        cam = np.einsum("mji,mpj->mpi", T[sl, :3, :3], pts[None] - T[sl, None, :3, 3])
         z = cam[..., 2]
         with np.errstate(divide="ignore", invalid="ignore"):
             u = np.round(K[sl, 0, 0, None] * cam[..., 0] / z + K[sl, 0, 2, None])
@@ -89,12 +89,20 @@ def surface_coverage(pts_world_P3: np.ndarray, train_cam2world_M44: np.ndarray, 
         d = depth[m + mi, v[mi, pi].astype(int), u[mi, pi].astype(int)]
         zz = z[mi, pi]
         ok = (d > 0) & (np.abs(d - zz) <= np.maximum(rtol * zz, atol))
-        hit = np.zeros(len(todo), bool)
-        hit[pi[ok]] = True
-        seen[todo[hit]] = True
-        todo = todo[~hit]
-        m += c
-    return seen
+        pi, zz = pi[ok], zz[ok]
+        gap = np.abs(log_near_P[pi] - np.log(zz))
+        np.minimum.at(gap_P, pi, gap)  # a point may be seen by several cameras of the chunk
+        win = gap == gap_P[pi]
+        best_P[pi[win]] = zz[win]
+    return best_P
+
+
+def surface_coverage(pts_world_P3: np.ndarray, train_cam2world_M44: np.ndarray, train_K_M33: np.ndarray,
+                     train_depth_MHW: np.ndarray, rtol: float = 0.05, atol: float = 0.05,
+                     max_elements: int = 4_000_000) -> np.ndarray:
+    """Which world points (P, 3) some training frame sees: (P,) bool (:func:`training_depth` is known)."""
+    return np.isfinite(training_depth(pts_world_P3, train_cam2world_M44, train_K_M33, train_depth_MHW, None, rtol,
+                                      atol, max_elements))
 
 
 def frame_depth(frame: dict, labels_in_pose_frame: bool) -> np.ndarray | None:
@@ -119,7 +127,10 @@ def generalisation(test_frames: list[dict], train_frames, labels_in_pose_frame: 
     """Per test frame: ``nearest_train_m`` (distance to the nearest training camera centre, poses' unit),
     ``nearest_train_deg`` (rotation angle to that camera), ``min_train_deg`` (smallest rotation angle to any training
     camera) and ``coverage`` (fraction of its surface points, every ``step``-th pixel, that a training frame sees,
-    :func:`surface_coverage`). Frames are label-cache dicts (``depth``, ``K``, ``cam2world``, ``pts_world``,
+    :func:`surface_coverage`) and ``depth_ratio`` (median over its seen surface points of the frame's depth of a
+    point over the depth at which the training frame nearest in scale sees it: 0.5 = the frame sees its surface
+    twice as close as any training frame, a 2x zoom that ``loader.scale_range`` may or may not cover). Frames are
+    label-cache dicts (``depth``, ``K``, ``cam2world``, ``pts_world``,
     ``valid``); ``train_frames`` may be a generator (read once). Training depth maps are kept subsampled to at most
     ``max_width`` columns (intrinsics scaled to match). NaN where a pose or depth is unknown."""
     poses, Ks, depths = [], [], []
@@ -134,8 +145,8 @@ def generalisation(test_frames: list[dict], train_frames, labels_in_pose_frame: 
         K[:2] /= s  # sample (i, j) of depth[::s, ::s] is pixel (s i, s j)
         Ks.append(K)
         depths.append(d[::s, ::s] if d is not None else None)
-    rows = [{"nearest_train_m": np.nan, "nearest_train_deg": np.nan, "min_train_deg": np.nan, "coverage": np.nan}
-            for _ in test_frames]
+    rows = [{"nearest_train_m": np.nan, "nearest_train_deg": np.nan, "min_train_deg": np.nan, "coverage": np.nan,
+             "depth_ratio": np.nan} for _ in test_frames]
     if not poses:
         return rows
     test_T = np.stack([np.asarray(f["cam2world"], dtype=np.float64) for f in test_frames])
@@ -157,18 +168,28 @@ def generalisation(test_frames: list[dict], train_frames, labels_in_pose_frame: 
         if d is None:
             continue
         pts = surface_points(d, f["K"], f["cam2world"], step)
-        if len(pts):
-            row["coverage"] = float(surface_coverage(pts, T_M, K_M, D, rtol, atol).mean())
+        if not len(pts):
+            continue
+        T = np.asarray(f["cam2world"], dtype=np.float64)
+        z_P = (pts - T[:3, 3]) @ T[:3, 2]  # the test camera's depth of each point
+        z_train_P = training_depth(pts, T_M, K_M, D, z_P, rtol, atol)
+        seen = np.isfinite(z_train_P)
+        row["coverage"] = float(seen.mean())
+        if seen.any():
+            row["depth_ratio"] = float(np.median(z_P[seen] / z_train_P[seen]))
     return rows
 
 
 def summarize_generalisation(rows: list[dict]) -> dict[str, float]:
     """``gen/nearest_train_m_median``, ``gen/nearest_train_deg_median``, ``gen/min_train_deg_median``,
-    ``gen/coverage_mean`` over the frames where each is known (keys absent when none is)."""
+    ``gen/coverage_mean``, ``gen/depth_ratio_{median,min,max}`` over the frames where each is known (keys absent
+    when none is)."""
     out = {}
     for col, agg, key in (("nearest_train_m", np.median, "nearest_train_m_median"),
                           ("nearest_train_deg", np.median, "nearest_train_deg_median"),
-                          ("min_train_deg", np.median, "min_train_deg_median"), ("coverage", np.mean, "coverage_mean")):
+                          ("min_train_deg", np.median, "min_train_deg_median"), ("coverage", np.mean, "coverage_mean"),
+                          ("depth_ratio", np.median, "depth_ratio_median"), ("depth_ratio", np.min, "depth_ratio_min"),
+                          ("depth_ratio", np.max, "depth_ratio_max")):
         x = np.array([r[col] for r in rows], dtype=np.float64)
         if np.isfinite(x).any():
             out[f"gen/{key}"] = float(agg(x[np.isfinite(x)]))

@@ -2,7 +2,8 @@
 import numpy as np
 
 from lit3d.geometry import look_at, rotation_angle_deg
-from lit3d.metrics.coverage import frame_depth, generalisation, nearest_cameras, surface_coverage, surface_points
+from lit3d.metrics.coverage import (frame_depth, generalisation, nearest_cameras, surface_coverage, surface_points,
+                                   training_depth)
 
 H, W = 12, 16
 K_33 = np.array([[10.0, 0.0, 7.5], [0.0, 10.0, 5.5], [0.0, 0.0, 1.0]])
@@ -42,20 +43,22 @@ def plane_scene():
     return test, np.stack([A, B, C]), np.stack([K_33] * 3), np.stack([dA, dB, dC])
 
 
+def brute_force_depths(X_3, poses, Ks, depths, rtol=0.05, atol=0.05):
+    """The depths at which the training cameras that see X (in front, inside, depth agrees) see it."""
+    seen_at = []
+    for T, K, D in zip(poses, Ks, depths):
+        R, t = T[:3, :3], T[:3, 3]
+        x, y, z = R.T @ (X_3 - t)
+        if z <= 0:
+            continue
+        u, v = int(np.round(K[0, 0] * x / z + K[0, 2])), int(np.round(K[1, 1] * y / z + K[1, 2]))
+        if 0 <= u < D.shape[1] and 0 <= v < D.shape[0] and D[v, u] > 0 and abs(D[v, u] - z) <= max(rtol * z, atol):
+            seen_at.append(z)
+    return seen_at
+
+
 def brute_force_seen(pts_P3, poses, Ks, depths, rtol=0.05, atol=0.05):
-    seen = []
-    for X in pts_P3:
-        hit = False
-        for T, K, D in zip(poses, Ks, depths):
-            R, t = T[:3, :3], T[:3, 3]
-            x, y, z = R.T @ (X - t)
-            if z <= 0:
-                continue
-            u, v = int(np.round(K[0, 0] * x / z + K[0, 2])), int(np.round(K[1, 1] * y / z + K[1, 2]))
-            if 0 <= u < D.shape[1] and 0 <= v < D.shape[0] and D[v, u] > 0 and abs(D[v, u] - z) <= max(rtol * z, atol):
-                hit = True
-        seen.append(hit)
-    return np.array(seen)
+    return np.array([len(brute_force_depths(X, poses, Ks, depths, rtol, atol)) > 0 for X in pts_P3])
 
 
 def test_surface_coverage_against_brute_force():
@@ -92,3 +95,43 @@ def test_generalisation_rows():
     pts = surface_points(depths[1], K_33, poses[1], step=1)
     assert np.isclose(rows[0]["coverage"], brute_force_seen(pts, poses[:1], Ks[:1], depths[:1]).mean())
     assert all(np.isnan(v) for v in rows[1].values())  # unknown pose: skipped
+
+
+def test_training_depth_keeps_the_camera_nearest_in_scale():
+    test, poses, Ks, depths = plane_scene()
+    # two more cameras facing the wall z = 4 from nearer (z = 2.5, depth 1.5) and farther (z = -2, depth 6)
+    near, far = np.eye(4), np.eye(4)
+    near[2, 3], far[2, 3] = 2.5, -2.0
+    poses = np.concatenate([poses, near[None], far[None]])
+    depths = np.concatenate([depths, np.full((1, H, W), 1.5), np.full((1, H, W), 6.0)])
+    Ks = np.stack([K_33] * len(poses))
+    pts = surface_points(np.full((H, W), 4.0), K_33, np.eye(4), step=1)  # the wall as A would see it unoccluded
+    near_P = np.random.default_rng(0).uniform(1.0, 7.0, len(pts))
+    for max_elements in (4_000_000, 5):
+        got = training_depth(pts, poses, Ks, depths, near_P, max_elements=max_elements)
+        for X, z_near, z_got in zip(pts, near_P, got):
+            seen_at = brute_force_depths(X, poses, Ks, depths)
+            if not seen_at:
+                assert np.isnan(z_got)
+                continue
+            gaps = np.abs(np.log(z_near / np.array(seen_at)))
+            assert np.isclose(z_got, seen_at[int(np.argmin(gaps))])
+    assert len({round(float(z), 6) for z in got[np.isfinite(got)]}) == 3  # each of 1.5, 4 and 6 wins somewhere
+
+
+def test_generalisation_depth_ratio():
+    """A test camera at z = 2 sees the wall at depth 2; training cameras A (z = 0, depth 4) and one at z = -2 (depth
+    6): the training view nearest in scale is A, ratio 0.5 on the surface A sees."""
+    test, poses, Ks, depths = plane_scene()
+    cam = np.eye(4)
+    cam[2, 3] = 2.0
+    far = np.eye(4)
+    far[2, 3] = -2.0
+    dA = np.full((H, W), 4.0)  # A without occluder or holes
+    frames = [{"cam2world": T, "K": K_33, "depth": D.astype(np.float32), "pts_world": np.zeros((H, W, 3)),
+               "valid": np.ones((H, W), bool)} for T, D in ((np.eye(4), dA), (far, np.full((H, W), 6.0)))]
+    query = {**frames[0], "cam2world": cam, "depth": np.full((H, W), 2.0, np.float32)}
+    rows = generalisation([query], frames, labels_in_pose_frame=False, step=1)
+    assert rows[0]["coverage"] == 1.0 and np.isclose(rows[0]["depth_ratio"], 0.5)
+    rows = generalisation([query], frames[1:], labels_in_pose_frame=False, step=1)
+    assert np.isclose(rows[0]["depth_ratio"], 2.0 / 6.0)
