@@ -98,7 +98,7 @@ def test_generalisation_rows():
 
 
 def test_training_depth_keeps_the_camera_nearest_in_scale():
-    test, poses, Ks, depths = plane_scene()
+    _, poses, _, depths = plane_scene()
     # two more cameras facing the wall z = 4 from nearer (z = 2.5, depth 1.5) and farther (z = -2, depth 6)
     near, far = np.eye(4), np.eye(4)
     near[2, 3], far[2, 3] = 2.5, -2.0
@@ -122,7 +122,6 @@ def test_training_depth_keeps_the_camera_nearest_in_scale():
 def test_generalisation_depth_ratio():
     """A test camera at z = 2 sees the wall at depth 2; training cameras A (z = 0, depth 4) and one at z = -2 (depth
     6): the training view nearest in scale is A, ratio 0.5 on the surface A sees."""
-    test, poses, Ks, depths = plane_scene()
     cam = np.eye(4)
     cam[2, 3] = 2.0
     far = np.eye(4)
