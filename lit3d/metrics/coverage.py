@@ -100,7 +100,7 @@ def training_depth(pts_world_P3: np.ndarray, train_cam2world_M44: np.ndarray, tr
 def surface_coverage(pts_world_P3: np.ndarray, train_cam2world_M44: np.ndarray, train_K_M33: np.ndarray,
                      train_depth_MHW: np.ndarray, rtol: float = 0.05, atol: float = 0.05,
                      max_elements: int = 4_000_000) -> np.ndarray:
-    """Which world points (P, 3) some training frame sees: (P,) bool (:func:`training_depth` is known)."""
+    """Which world points (P, 3) some training frame sees: (P,) bool, where :func:`training_depth` is finite."""
     return np.isfinite(training_depth(pts_world_P3, train_cam2world_M44, train_K_M33, train_depth_MHW, None, rtol,
                                       atol, max_elements))
 
@@ -130,8 +130,8 @@ def generalisation(test_frames: list[dict], train_frames, labels_in_pose_frame: 
     :func:`surface_coverage`) and ``depth_ratio`` (median over its seen surface points of the frame's depth of a
     point over the depth at which the training frame nearest in scale sees it: 0.5 = the frame sees its surface
     twice as close as any training frame, a 2x zoom that ``loader.scale_range`` may or may not cover). Frames are
-    label-cache dicts (``depth``, ``K``, ``cam2world``, ``pts_world``,
-    ``valid``); ``train_frames`` may be a generator (read once). Training depth maps are kept subsampled to at most
+    label-cache dicts (``depth``, ``K``, ``cam2world``, ``pts_world``, ``valid``); ``train_frames`` may be a
+    generator (read once). Training depth maps are kept subsampled to at most
     ``max_width`` columns (intrinsics scaled to match). NaN where a pose or depth is unknown."""
     poses, Ks, depths = [], [], []
     for f in train_frames:
