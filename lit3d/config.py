@@ -102,6 +102,10 @@ class OptimConfig:
     """Clip the gradient's global norm to this (Lightning's ``gradient_clip_val``); 0 = off (the paper's runs).
     A guard against rare huge gradients that blow up Adam's state: at 96x128 the default student's norms are
     15-80 in normal training, and 150 epochs on the 7-Scenes kitchen video diverged at epoch 56 without it."""
+    encoder_lr_scale: float = 1.0
+    """Learning rate of the student's encoder (``scr``'s ``encoder``, ``mobilenetv3``'s ``backbone``, ``vit``'s
+    ``encoder``) relative to ``lr``, for fine-tuning a pretrained encoder gently while its head learns at ``lr``;
+    the warm-up and cosine schedule scale both. 1 = one rate for all (the paper's runs)."""
     ema_decay: float = 0.0
     """Keep an exponential moving average of the weights (Lightning's ``WeightAveraging`` with torch's EMA),
     updated after every optimizer step with this decay; validation, the checkpoints and the final weights are the
@@ -256,7 +260,7 @@ AT_LEAST: dict[str, float] = {
     "data.test_path_frames": 0, "data.resolution": 1, "loader.resolution": 1, "loader.batch_size": 1,
     "loader.num_workers": 0, "loader.memory_budget_gb": 0, "loader.color_jitter": 0,
     "optim.lr": 0, "optim.weight_decay": 0, "optim.warmup_epochs": 0, "optim.min_lr_ratio": 0, "optim.grad_clip": 0,
-    "optim.ema_decay": 0,
+    "optim.ema_decay": 0, "optim.encoder_lr_scale": 0,
     "trainer.max_epochs": 1, "trainer.num_nodes": 1, "trainer.log_every_n_steps": 1,
     "trainer.check_val_every_n_epoch": 1,
 }

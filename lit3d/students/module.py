@@ -20,6 +20,10 @@ reshapes weights, so that older checkpoints fail with this explanation instead o
 as one qkv projection."""
 
 
+ENCODER_PREFIXES = ("student.encoder.", "student.backbone.")
+"""Parameter names of a student's feature extractor (before its head), for ``optim.encoder_lr_scale``."""
+
+
 class CheckpointFormatError(ValueError):
     """A checkpoint of students with another weight layout (see ``STUDENT_FORMAT``)."""
 
@@ -132,10 +136,22 @@ class StudentModule(L.LightningModule):
     def on_test_epoch_end(self):
         self._eval_epoch_end("test")
 
+    def _param_groups(self) -> list[dict]:
+        """Trainable parameters; the encoder's in a group of their own at ``encoder_lr_scale`` x ``lr``."""
+        scale = self.optim.get("encoder_lr_scale", 1.0)  # checkpoints from before the key used one rate
+        params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        if scale == 1.0:
+            return [{"params": [p for _, p in params]}]
+        encoder = [p for n, p in params if n.startswith(ENCODER_PREFIXES)]
+        if not encoder:
+            raise ValueError(f"optim.encoder_lr_scale={scale}: student {self.hparams.student['name']} has no "
+                             f"trainable encoder ({' / '.join(ENCODER_PREFIXES)}parameters); leave it at 1")
+        head = [p for n, p in params if not n.startswith(ENCODER_PREFIXES)]
+        return [{"params": head}, {"params": encoder, "lr": self.optim["lr"] * scale}]
+
     def configure_optimizers(self):
         o = self.optim
-        params = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=o["lr"], weight_decay=o["weight_decay"])
+        opt = torch.optim.AdamW(self._param_groups(), lr=o["lr"], weight_decay=o["weight_decay"])
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(total * o["warmup_epochs"] / max(self.hparams.max_epochs, 1))
 

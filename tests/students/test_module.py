@@ -38,3 +38,34 @@ def test_checkpoint_round_trip_and_older_formats_refused_by_name(tmp_path):
     torch.save(ckpt, old)
     with pytest.raises(CheckpointFormatError, match=rf"checkpoint {old}: written with student format {STUDENT_FORMAT - 1}"):
         StudentModule.load(old)
+
+
+def _scr_module(*overrides: str) -> StudentModule:
+    cfg = load_config(["student=scr", "student.encoder=conv", "student.pretrained=false",
+                       "student.freeze_encoder=false", "student.head_width=16", "student.head_layers=2",
+                       "loader.resolution=[32,32]", *overrides])
+    return StudentModule.from_config(cfg, {"mean": torch.zeros(3), "std": torch.ones(3)})
+
+
+def test_encoder_lr_scale_moves_the_encoder_at_its_own_rate():
+    module = _scr_module("optim.lr=1e-2", "optim.encoder_lr_scale=0")
+    head, encoder = module._param_groups()
+    assert encoder["lr"] == 0 and "lr" not in head  # the head takes the optimizer's lr
+    assert {id(p) for p in encoder["params"]} == {id(p) for p in module.student.encoder.parameters()}
+    assert len(head["params"]) + len(encoder["params"]) == len(list(module.parameters()))
+
+    opt = torch.optim.AdamW(module._param_groups(), lr=1e-2, weight_decay=1e-4)
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    module(torch.rand(2, 3, 32, 32)).square().mean().backward()
+    opt.step()
+    for n, p in module.named_parameters():
+        assert torch.equal(p, before[n]) == n.startswith("student.encoder."), n
+
+
+def test_encoder_lr_scale_one_is_a_single_group_and_needs_an_encoder_otherwise():
+    assert len(_scr_module()._param_groups()) == 1
+    assert _scr_module("optim.encoder_lr_scale=0.1")._param_groups()[1]["lr"] == pytest.approx(3e-4)  # scr: 3e-3
+    cfg = load_config(["student=vanilla_cnn", "loader.resolution=[32,32]", "optim.encoder_lr_scale=0.1"])
+    module = StudentModule.from_config(cfg, {"mean": torch.zeros(3), "std": torch.ones(3)})
+    with pytest.raises(ValueError, match="optim.encoder_lr_scale=0.1: student vanilla_cnn has no trainable encoder"):
+        module._param_groups()
