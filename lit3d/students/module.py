@@ -144,8 +144,9 @@ class StudentModule(L.LightningModule):
             return [{"params": [p for _, p in params]}]
         encoder = [p for n, p in params if n.startswith(ENCODER_PREFIXES)]
         if not encoder:
+            names = " or ".join(f"{prefix}*" for prefix in ENCODER_PREFIXES)
             raise ValueError(f"optim.encoder_lr_scale={scale}: student {self.hparams.student['name']} has no "
-                             f"trainable encoder ({' / '.join(ENCODER_PREFIXES)}parameters); leave it at 1")
+                             f"trainable encoder (parameters named {names}); leave it at 1")
         head = [p for n, p in params if not n.startswith(ENCODER_PREFIXES)]
         return [{"params": head}, {"params": encoder, "lr": self.optim["lr"] * scale}]
 
