@@ -143,6 +143,25 @@ class LossConfig:
 
 
 @dataclass
+class RefineConfig:
+    steps: int = 0
+    """After the end-to-end training, train the head alone for this many steps on a buffer of encoder features of
+    augmented training views, ACE's buffer on the scene-adapted encoder (``lit3d.students.buffer``; ``student=scr``
+    without ``context`` only). 0 = off. The refined student is ``checkpoints/refined.ckpt``, which ``best`` then
+    means."""
+    views_per_frame: int = 8
+    """Augmented views (the training loader's augmentation) of each training frame whose features fill the buffer;
+    it holds ``views_per_frame x frames x cells per view`` cells of about 1 KB each."""
+    cells_per_batch: int = 640
+    """Feature cells per step; each supervises its ``feature_stride**2`` pixels (640 x 8 x 8 = 40,960)."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate of the head (``optim``'s warm-up fraction and cosine decay, over ``steps``)."""
+    precision: str = "bf16-mixed"
+    """Lightning precision of the refinement: the head's 1x1 convolutions are matrix products, 4x faster in bf16
+    on CPUs with AMX (and on GPUs) than in fp32."""
+
+
+@dataclass
 class TrainerConfig:
     max_epochs: int = 150
     """Training epochs."""
@@ -188,6 +207,7 @@ class FitConfig:
     student: StudentConfig = field(default_factory=lambda: STUDENTS.config("mobilenetv3"))
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
@@ -214,6 +234,7 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], list[str]]] = {
     "loader.preload": ("auto", "true", "false"),
     "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
     "trainer.precision": LIGHTNING_PRECISIONS,
+    "refine.precision": LIGHTNING_PRECISIONS,
     "trainer.logger": ("csv", "tensorboard", "wandb", "mlflow"),
     "student.encoder": encoder_names,
     "teacher.preset": (*DUST3R_PRESETS, *MAST3R_PRESETS),
@@ -261,6 +282,7 @@ AT_LEAST: dict[str, float] = {
     "loader.num_workers": 0, "loader.memory_budget_gb": 0, "loader.color_jitter": 0,
     "optim.lr": 0, "optim.weight_decay": 0, "optim.warmup_epochs": 0, "optim.min_lr_ratio": 0, "optim.grad_clip": 0,
     "optim.ema_decay": 0, "optim.encoder_lr_scale": 0,
+    "refine.steps": 0, "refine.views_per_frame": 1, "refine.cells_per_batch": 1, "refine.lr": 0,
     "trainer.max_epochs": 1, "trainer.num_nodes": 1, "trainer.log_every_n_steps": 1,
     "trainer.check_val_every_n_epoch": 1,
 }
@@ -315,6 +337,18 @@ def check_choices(cfg: "FitConfig") -> None:
         present, value = _value(cfg, key)
         if present and value >= high:
             raise ConfigError(f"invalid value for '{key}': {value}; it must be < {high:g}")
+
+
+def check_refine(cfg: "FitConfig") -> None:
+    """The head refinement trains a per-cell head on stored features: ``scr`` students without ``context`` only."""
+    if cfg.refine.steps <= 0:
+        return
+    if cfg.student.name != "scr":
+        raise ConfigError(f"refine.steps={cfg.refine.steps} needs student=scr (a per-cell head on encoder features); "
+                          f"student={cfg.student.name} has none; set refine.steps=0")
+    if cfg.student.context:
+        raise ConfigError(f"refine.steps={cfg.refine.steps} trains the per-cell head alone; student.context="
+                          f"{cfg.student.context} adds 3x3 convs across cells; set one of them to 0")
 
 
 def _experiment_yaml(name: str) -> DictConfig:
@@ -393,6 +427,7 @@ def _resolve(raw: DictConfig) -> FitConfig:
     if not cfg.loader.resolution:
         cfg.loader.resolution = list(cfg.data.resolution)
     check_choices(cfg)
+    check_refine(cfg)
     if cfg.optim.lr <= 0:
         cfg.optim.lr = cfg.student.default_lr
     return cfg

@@ -16,6 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, WeightAveraging
+from lightning.pytorch.loggers import CSVLogger
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from lit3d.cache import build_labels
@@ -29,6 +30,7 @@ from lit3d.runs import check_run_dir_free, run_dir_lock, writing
 from lit3d.students import model_size
 from lit3d.students.checkpoints import (CheckpointFileError, VerifiedCheckpointIO, check_same_student,
                                         load_checkpoint)
+from lit3d.students.buffer import PROGRESS_START, BufferDataModule
 from lit3d.students.module import StudentModule
 
 log = logging.getLogger("lit3d.fit")
@@ -125,9 +127,13 @@ def _fit(cfg: FitConfig, run_dir: Path, callbacks: list | None, trainer_kwargs: 
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     fit_s = time.perf_counter() - t_train
     best = checkpoint.best_model_path if has_val and checkpoint.best_model_path else None
-    tested = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False) if len(cache.split.get("test", [])) else [{}]
+    test_dm, refine_s = dm, 0.0
+    if cfg.refine.steps > 0:
+        trainer, test_dm, best, refine_s = refine_head(cfg, module, dm, best, run_dir)
+    tested = trainer.test(module, datamodule=test_dm, ckpt_path=best, verbose=False) if len(cache.split.get("test", [])) else [{}]
     metrics = {k: float(v) for k, v in tested[0].items()}
-    metrics.update({"model/params": size["params"], "model/size_mb": size["size_mb"], "time/fit_s": fit_s,
+    metrics.update({"model/params": size["params"], "model/size_mb": size["size_mb"], "time/fit_s": fit_s + refine_s,
+                    "time/refine_s": refine_s,
                     "time/total_s": time.perf_counter() - t0, "labels/unit": label_summary.get("unit"),
                     "labels/frame": label_summary.get("frame"), "labels/cache": str(cache.root)})
     if trainer.global_rank == 0:
@@ -138,6 +144,34 @@ def _fit(cfg: FitConfig, run_dir: Path, callbacks: list | None, trainer_kwargs: 
                  metrics.get("test/l2_mean", float("nan")), metrics.get("baseline/l2_mean", float("nan")),
                  label_summary.get("unit"), fit_s)
     return metrics
+
+
+def refine_head(cfg: FitConfig, module: StudentModule, dm: PointmapDataModule, best: str | None,
+                run_dir: Path) -> tuple[L.Trainer, BufferDataModule, str, float]:
+    """Train the head of the end-to-end trained student (its ``best`` weights) on a feature buffer of its fixed
+    encoder (:mod:`lit3d.students.buffer`); writes ``checkpoints/refined.ckpt`` and logs to ``refine/metrics.csv``.
+    Returns the trainer, datamodule and checkpoint to test with, and the seconds it took (buffer included)."""
+    t0 = time.perf_counter()
+    if best is not None:
+        module.load_state_dict(StudentModule.load(best).state_dict())
+    r = cfg.refine
+    module.student.encoder.requires_grad_(False)
+    module.optim = {**module.optim, "lr": r.lr, "encoder_lr_scale": 1.0}  # the head alone, at its own rate
+    module.progress_start = PROGRESS_START
+    bdm = BufferDataModule(dm, module.student.encoder, r, seed=cfg.seed)
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="refined", monitor=None, save_top_k=1,
+                                 enable_version_counter=False)  # a rerun replaces it
+    t = cfg.trainer
+    trainer = L.Trainer(
+        max_epochs=1, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=r.precision, logger=CSVLogger(run_dir, name="refine", version=""),
+        log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.enable_progress_bar,
+        deterministic=t.deterministic, gradient_clip_val=cfg.optim.grad_clip or None, gradient_clip_algorithm="norm",
+        plugins=[VerifiedCheckpointIO()], callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
+        default_root_dir=run_dir)
+    trainer.fit(module, datamodule=bdm)
+    log.info("head refined: %d steps of %d cells", r.steps, r.cells_per_batch)
+    return trainer, bdm, checkpoint.best_model_path or checkpoint.last_model_path, time.perf_counter() - t0
 
 
 def _figures(run_dir: Path, module: StudentModule, dm: PointmapDataModule, best: str | None) -> None:

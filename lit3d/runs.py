@@ -1,7 +1,7 @@
 """One place for run directories: lookup, checkpoint choice, prediction, frame localization, point errors, metrics.
 
 A run directory (written by ``lit3d fit``) holds ``config.yaml`` (the resolved config), ``checkpoints/best.ckpt``
-and ``last.ckpt``, ``metrics.json`` (final metrics, merged by later commands) and ``metrics.csv`` (the logger's
+and ``last.ckpt`` (and ``refined.ckpt`` after a head refinement, ``refine.steps``), ``metrics.json`` (final metrics, merged by later commands) and ``metrics.csv`` (the logger's
 curves). ``evaluate``, ``localize``, ``report``, the notebooks' :mod:`lit3d.analysis` and :mod:`lit3d.viz.run`
 read runs through this module only.
 
@@ -96,11 +96,12 @@ def run_config(run_dir: str | Path, overrides: list[str] | None = None) -> FitCo
 
 
 def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
-    """``checkpoints/best.ckpt`` (falling back to last.ckpt: runs without validation have no best), ``last``,
-    or ``which`` as a path to a .ckpt file."""
+    """``best``: the run's student, ``checkpoints/refined.ckpt`` after a head refinement (``refine.steps``), else
+    best.ckpt (falling back to last.ckpt: runs without validation have no best); ``last`` (the end-to-end
+    training's, which resumes), or ``which`` as a path to a .ckpt file."""
     ckpts = Path(run_dir) / "checkpoints"
     if which in ("best", "last"):
-        for name in (["best.ckpt", "last.ckpt"] if which == "best" else ["last.ckpt"]):
+        for name in (["refined.ckpt", "best.ckpt", "last.ckpt"] if which == "best" else ["last.ckpt"]):
             if (ckpts / name).is_file():
                 return ckpts / name
         raise FileNotFoundError(f"{run_dir}: no {which} checkpoint in {ckpts}")

@@ -76,7 +76,8 @@ def ray_points(K_B33: torch.Tensor, cam2world_B44: torch.Tensor, depth: float, s
 
 def reprojection_loss(pred_world_B3HW: torch.Tensor, target_world_B3HW: torch.Tensor, valid_BHW: torch.Tensor,
                       inside_BHW: torch.Tensor, K_B33: torch.Tensor, cam2world_B44: torch.Tensor, progress: float,
-                      cfg, weight_BHW: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                      cfg, weight_BHW: torch.Tensor | None = None,
+                      image_width: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Scene coordinate regression loss in the image, per pixel that shows the scene (``inside``).
 
     - Valid predictions (in front of the camera between ``min_depth`` and ``max_depth``, reprojecting within
@@ -87,10 +88,12 @@ def reprojection_loss(pred_world_B3HW: torch.Tensor, target_world_B3HW: torch.Te
     - Plus ``weight_3d`` times the 3-D distance to the label in pixel-equivalent units (distance * f / label
       depth) where a label exists: the reprojection error alone leaves depth along the ray free.
     Returns the loss and detached statistics. ``cfg`` is a :class:`lit3d.config.LossConfig` (or its dict).
+    ``image_width``: width of the views the pixel thresholds scale with, when the batch holds crops of them (the
+    cells of :mod:`lit3d.students.buffer`); default W.
     """
     get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k)
     B, _, H, W = pred_world_B3HW.shape
-    px = W / REFERENCE_WIDTH
+    px = (image_width or W) / REFERENCE_WIDTH
     clamp = clamp_schedule(progress, get("clamp_px")[0] * px, get("clamp_px")[1] * px, get("schedule"))
     f_B = K_B33[:, 0, 0]
 

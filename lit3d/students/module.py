@@ -47,6 +47,7 @@ class StudentModule(L.LightningModule):
         self.loss_cfg = loss or {"name": "mse"}  # checkpoints from before the loss section trained with MSE
         self.register_buffer("coord_mean", torch.tensor(coord_mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("coord_std", torch.tensor(coord_std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.progress_start = 0.0  # where the loss schedule starts: the head refinement replays its end
         self.metrics = torch.nn.ModuleDict({f"{s}_{m}": PointErrors() for s in ("val", "test")
                                             for m in ("student", "baseline")})
 
@@ -83,15 +84,21 @@ class StudentModule(L.LightningModule):
         return self.student(image_B3HW) * self.coord_std + self.coord_mean
 
     def progress(self) -> float:
-        """Fraction of the training steps done, in [0, 1] (1 outside of ``fit``): drives the loss's clamp."""
+        """Fraction of the training steps done, in [0, 1] (1 outside of ``fit``): drives the loss's clamp. It runs
+        from ``progress_start`` (0; the head refinement sets it) to 1 over the fit."""
         trainer = self._trainer
         if trainer is None or trainer.state.fn != "fit":
             return 1.0
-        return min(self.global_step / max(int(trainer.estimated_stepping_batches), 1), 1.0)
+        done = min(self.global_step / max(int(trainer.estimated_stepping_batches), 1), 1.0)
+        return self.progress_start + (1 - self.progress_start) * done
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The configured loss of a batch and its detached statistics (for logging)."""
-        pred_norm = self.student(batch["image"])
+        """The configured loss of a batch and its detached statistics (for logging). A batch of images, or of
+        feature cells (``features``: the head refinement's, :mod:`lit3d.students.buffer`)."""
+        if "features" in batch:
+            pred_norm = self.student.head_from_features(batch["features"])
+        else:
+            pred_norm = self.student(batch["image"])
         valid = batch["valid"]
         weight = valid.float() * batch["conf"] if self.optim["conf_weighting"] else None
         if self.loss_cfg["name"] == "mse":
@@ -100,11 +107,12 @@ class StudentModule(L.LightningModule):
         inside = batch.get("inside", torch.ones_like(valid))
         return reprojection_loss(pred_norm * self.coord_std + self.coord_mean, batch["pts_world"], valid, inside,
                                  batch["K"], batch["cam2world"], self.progress(), self.loss_cfg,
-                                 None if weight is None else torch.where(valid, batch["conf"], 1.0))
+                                 None if weight is None else torch.where(valid, batch["conf"], 1.0),
+                                 batch.get("view_width"))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, stats = self.compute_loss(batch)
-        n = len(batch["image"])
+        n = len(batch["pts_world"])
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
         for k, v in stats.items():
             self.log(f"train/{k}", v, on_step=False, on_epoch=True, batch_size=n)

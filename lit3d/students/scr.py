@@ -115,6 +115,10 @@ class SCRStudent(nn.Module):
         pts = self.head(self.context(self.encoder(img_B3HW)))
         return pts[..., : img_B3HW.shape[-2], : img_B3HW.shape[-1]]
 
+    def head_from_features(self, feats_BChw: torch.Tensor) -> torch.Tensor:
+        """Points (B, 3, h*s, w*s) of encoder features: the network after its encoder."""
+        return self.head(self.context(feats_BChw))
+
 
 @STUDENTS.register("scr", SCRConfig)
 def _build(cfg: SCRConfig, img_size: tuple[int, int] | None = None) -> SCRStudent:

@@ -37,6 +37,30 @@ def test_exact_labels_and_poses_cost_nothing():
     assert loss.item() < 1e-5 and stats["valid_pred"] == 1
 
 
+def test_crops_with_their_cameras_and_the_views_width_cost_what_their_view_costs():
+    """The head refinement's cells are crops: with the crop's K and the view's width for the pixel thresholds, the
+    mean loss of equal crops is the view's loss (clamp, invalid pull and 3-D term alike)."""
+    pts, K, T = scene(1)
+    pred = pts + torch.randn(pts.shape, generator=torch.Generator().manual_seed(0), dtype=pts.dtype) * 0.05
+    pred[..., :2, :3] = pts[..., :2, :3] * -1  # some behind the camera: the invalid pull
+    valid = torch.ones(1, H, W, dtype=torch.bool)
+    cfg = LossConfig()
+    full, _ = reprojection_loss(pred, pts, valid, valid, K, T, 0.4, cfg)
+    crops = []
+    for r in range(0, H, 4):
+        for c in range(0, W, 4):
+            K_crop = K.clone()
+            K_crop[:, 0, 2] -= c
+            K_crop[:, 1, 2] -= r
+            crop = (slice(None), slice(None), slice(r, r + 4), slice(c, c + 4))
+            crops.append(reprojection_loss(pred[crop], pts[crop], valid[crop[:1] + crop[2:]],
+                                           valid[crop[:1] + crop[2:]], K_crop, T, 0.4, cfg, image_width=W)[0])
+    torch.testing.assert_close(torch.stack(crops).mean(), full)
+    without_width = torch.stack([reprojection_loss(pred[..., :4, :4], pts[..., :4, :4], valid[:, :4, :4],
+                                                   valid[:, :4, :4], K, T, 0.4, cfg)[0]])
+    assert not torch.allclose(without_width, crops[0])  # the thresholds would shrink to the crop's width
+
+
 def test_reprojection_error_against_an_independent_projection():
     pts, K, T = scene()
     pred = pts + 0.05 * torch.randn_like(pts, generator=torch.Generator().manual_seed(0))

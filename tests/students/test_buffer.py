@@ -1,0 +1,136 @@
+"""The head refinement's feature buffer: cells, their cameras, their features; and the refinement end to end."""
+import numpy as np
+import pytest
+import torch
+
+from lit3d.config import ConfigError, load_config
+from lit3d.geometry import backproject_depth, pixel_grid, project, transform_points
+from lit3d.students.buffer import BufferDataModule, build_buffer
+from lit3d.students.losses import reprojection_loss
+
+S = 4  # the stub encoder's stride
+
+
+class StubEncoder(torch.nn.Module):
+    """Stride-4 features: each cell's mean colour and its position, so a cell's feature is known independently."""
+
+    stride, out_channels = S, 5
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, img_B3HW):
+        B, _, H, W = img_B3HW.shape
+        h, w = -(-H // S), -(-W // S)  # ceil, as "same" padding gives
+        pad = torch.nn.functional.pad(img_B3HW, (0, w * S - W, 0, h * S - H))
+        mean = torch.nn.functional.avg_pool2d(pad, S) * self.scale
+        rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        return torch.cat([mean, rows.expand(B, 1, h, w).float(), cols.expand(B, 1, h, w).float()], 1)
+
+
+def views(B=3, H=18, W=22, seed=0):
+    """Batches of views of a wavy surface with exact world labels, random cameras, and some padding."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for _ in range(B):
+        K = np.array([[20.0 + rng.uniform(0, 5), 0, W / 2 + rng.uniform(-2, 2)],
+                      [0, 21.0, H / 2 + rng.uniform(-2, 2)], [0, 0, 1]])
+        a = rng.uniform(-0.3, 0.3)
+        R = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = R, rng.normal(size=3)
+        uv = pixel_grid(H, W)
+        depth = 2.0 + 0.3 * np.sin(uv[..., 0] / 3) + 0.1 * uv[..., 1] / H
+        pts = transform_points(T, backproject_depth(depth, K))
+        inside = np.ones((H, W), bool)
+        inside[:, : rng.integers(0, 9)] = False  # augmentation padding on the left
+        items.append({"image": torch.rand(3, H, W), "pts_world": torch.from_numpy(pts).permute(2, 0, 1).float(),
+                      "valid": torch.from_numpy(inside.copy()), "inside": torch.from_numpy(inside),
+                      "conf": torch.ones(H, W), "K": torch.from_numpy(K).float(),
+                      "cam2world": torch.from_numpy(T).float()})
+    return [torch.utils.data.default_collate(items)]
+
+
+def test_each_cells_labels_project_through_its_own_camera_onto_its_pixels():
+    loader = views()
+    buf = build_buffer(StubEncoder(), loader, passes=1)
+    batch = buf.__getitems__(list(range(len(buf))))
+    uv_ss2 = pixel_grid(S, S)
+    for k in range(len(buf)):
+        world2cam = np.linalg.inv(batch["cam2world"][k].double().numpy())
+        pts_cam = transform_points(world2cam, batch["pts_world"][k].double().permute(1, 2, 0).numpy())
+        uv, _ = project(pts_cam, batch["K"][k].double().numpy())
+        np.testing.assert_allclose(uv, uv_ss2, atol=1e-3)
+    # and the loss, which reads the same cameras, sees exact labels: nothing to pay
+    loss, _ = reprojection_loss(batch["pts_world"], batch["pts_world"], batch["valid"], batch["inside"], batch["K"],
+                                batch["cam2world"], 0.5, load_config().loss, image_width=batch["view_width"])
+    assert float(loss) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_the_buffer_holds_whole_cells_that_show_the_scene_with_their_features_and_labels():
+    (batch,) = views()
+    buf = build_buffer(StubEncoder(), [batch], passes=2)
+    h, w = 18 // S, 22 // S  # whole cells only: the last partial row and column are dropped
+    shown = batch["inside"][:, : h * S, : w * S].reshape(3, h, S, w, S).any(4).any(2)
+    assert len(buf) == 2 * int(shown.sum()) and buf.view_width == 22
+    got = buf.__getitems__(list(range(len(buf))))
+    for k in range(len(buf)):
+        view, (r, c) = int(buf.view_N[k]) % 3, buf.cell_N2[k].tolist()
+        assert shown[view, r, c]
+        mean_colour = batch["image"][view, :, r * S:(r + 1) * S, c * S:(c + 1) * S].mean((1, 2))
+        # the features are stored in bf16: 3 significant digits
+        torch.testing.assert_close(got["features"][k, :, 0, 0], torch.cat([mean_colour, torch.tensor([r, c.__float__()])]),
+                                   atol=1e-2, rtol=1e-2)
+        torch.testing.assert_close(got["pts_world"][k], batch["pts_world"][view, :, r * S:(r + 1) * S, c * S:(c + 1) * S])
+        assert torch.equal(got["inside"][k], batch["inside"][view, r * S:(r + 1) * S, c * S:(c + 1) * S])
+
+
+def test_the_datamodule_draws_the_configured_steps_of_random_cells():
+    cfg = load_config(["refine.steps=5", "refine.cells_per_batch=7", "refine.views_per_frame=1", "student=scr"])
+
+    class Images:
+        def setup(self, stage=None):
+            pass
+
+        def train_dataloader(self):
+            return views()
+
+    dm = BufferDataModule(Images(), StubEncoder(), cfg.refine, seed=3)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 5 and all(len(b["pts_world"]) == 7 for b in batches)
+    assert batches[0]["features"].shape == (7, 5, 1, 1) and batches[0]["features"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["refine.steps=10"], "student=scr"),
+    (["refine.steps=10", "student=scr", "student.context=1"], "student.context=1"),
+    (["refine.precision=bf17"], "refine.precision"),
+    (["refine.steps=-1"], "refine.steps"),
+])
+def test_bad_refine_settings_are_errors_at_load(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(overrides)
+
+
+@pytest.mark.slow
+def test_fit_refines_the_head_only_and_the_run_then_means_the_refined_student(tiny_cfg):
+    from lit3d.fit import fit
+    from lit3d.runs import checkpoint_path
+    from lit3d.students.module import StudentModule
+
+    cfg = tiny_cfg("student=scr", "student.encoder=conv", "student.pretrained=false", "student.head_width=32",
+                   "data.resolution=[32,32]", "loader.resolution=[32,32]", "refine.steps=6",
+                   "refine.views_per_frame=2", "refine.cells_per_batch=16", "refine.precision=32-true")
+    metrics = fit(cfg)
+    ckpts = checkpoint_path(cfg.run_dir).parent
+    assert checkpoint_path(cfg.run_dir) == ckpts / "refined.ckpt" and metrics["time/refine_s"] > 0
+    before, after = (StudentModule.load(ckpts / n).state_dict() for n in ("best.ckpt", "refined.ckpt"))
+    for name in before:
+        same = torch.equal(before[name], after[name])
+        if name.startswith("student.encoder."):
+            assert same, name
+        elif name.startswith("student.head.") and name.endswith("weight"):
+            assert not same, name
+    assert (ckpts.parent / "refine" / "metrics.csv").is_file()
