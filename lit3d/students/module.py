@@ -99,6 +99,12 @@ class StudentModule(L.LightningModule):
             pred_norm = self.student.head_from_features(batch["features"])
         else:
             pred_norm = self.student(batch["image"])
+        # the loss in fp32 under mixed precision: bf16's 3 significant digits would put centimetres of error into
+        # its world-to-camera transforms
+        with torch.autocast(pred_norm.device.type, enabled=False):
+            return self._loss(pred_norm.float(), batch)
+
+    def _loss(self, pred_norm: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         valid = batch["valid"]
         weight = valid.float() * batch["conf"] if self.optim["conf_weighting"] else None
         if self.loss_cfg["name"] == "mse":

@@ -69,3 +69,29 @@ def test_encoder_lr_scale_one_is_a_single_group_and_needs_an_encoder_otherwise()
     module = StudentModule.from_config(cfg, {"mean": torch.zeros(3), "std": torch.ones(3)})
     with pytest.raises(ValueError, match="optim.encoder_lr_scale=0.1: student vanilla_cnn has no trainable encoder"):
         module._param_groups()
+
+
+def test_the_loss_runs_in_fp32_under_bf16_autocast():
+    """Mixed precision speeds the network; the loss's world-to-camera transforms stay fp32, so exact labels still
+    cost nothing (in bf16 their 3 digits would leave about 0.1 px of error on metre-scale points)."""
+    from lit3d.geometry import backproject_depth, look_at, transform_points
+    import numpy as np
+
+    H = W = 32
+    K = np.array([[30.0, 0, 15.5], [0, 30.0, 15.5], [0, 0, 1]])
+    T = look_at(np.array([2.3, -3.1, 1.7]), np.array([0.2, 0.4, 0.9]))
+    depth = 3.0 + 0.02 * np.arange(W)[None, :] + 0.01 * np.arange(H)[:, None]
+    pts = torch.from_numpy(transform_points(T, backproject_depth(depth, K).astype(np.float64))).float()
+    batch = {"pts_world": pts.permute(2, 0, 1)[None], "valid": torch.ones(1, H, W, dtype=torch.bool),
+             "conf": torch.ones(1, H, W), "K": torch.from_numpy(K).float()[None],
+             "cam2world": torch.from_numpy(T).float()[None], "image": torch.rand(1, 3, H, W)}
+    module = _module()
+
+    class Exact(torch.nn.Module):  # predicts the labels (normalised), in fp32
+        def forward(self, image):
+            return (batch["pts_world"] - module.coord_mean) / module.coord_std
+
+    module.student = Exact()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, stats = module.compute_loss(batch)
+    assert loss.dtype == torch.float32 and float(loss) < 1e-3
