@@ -151,7 +151,7 @@ class RefineConfig:
     means."""
     views_per_frame: int = 8
     """Augmented views (the training loader's augmentation) of each training frame whose features fill the buffer;
-    it holds ``views_per_frame x frames x cells per view`` cells of about 1 KB each."""
+    it holds ``views_per_frame x frames x cells per view`` cells of about 1.2 KB each."""
     cells_per_batch: int = 640
     """Feature cells per step; each supervises its ``feature_stride**2`` pixels (640 x 8 x 8 = 40,960)."""
     lr: float = 1e-3
