@@ -130,7 +130,8 @@ def _fit(cfg: FitConfig, run_dir: Path, callbacks: list | None, trainer_kwargs: 
     test_dm, refine_s = dm, 0.0
     if cfg.refine.steps > 0:
         trainer, test_dm, best, refine_s = refine_head(cfg, module, dm, best, run_dir)
-    tested = trainer.test(module, datamodule=test_dm, ckpt_path=best, verbose=False) if len(cache.split.get("test", [])) else [{}]
+    has_test = len(cache.split.get("test", [])) > 0
+    tested = trainer.test(module, datamodule=test_dm, ckpt_path=best, verbose=False) if has_test else [{}]
     metrics = {k: float(v) for k, v in tested[0].items()}
     metrics.update({"model/params": size["params"], "model/size_mb": size["size_mb"], "time/fit_s": fit_s + refine_s,
                     "time/refine_s": refine_s,

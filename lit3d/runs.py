@@ -1,9 +1,9 @@
 """One place for run directories: lookup, checkpoint choice, prediction, frame localization, point errors, metrics.
 
 A run directory (written by ``lit3d fit``) holds ``config.yaml`` (the resolved config), ``checkpoints/best.ckpt``
-and ``last.ckpt`` (and ``refined.ckpt`` after a head refinement, ``refine.steps``), ``metrics.json`` (final metrics, merged by later commands) and ``metrics.csv`` (the logger's
-curves). ``evaluate``, ``localize``, ``report``, the notebooks' :mod:`lit3d.analysis` and :mod:`lit3d.viz.run`
-read runs through this module only.
+and ``last.ckpt`` (and ``refined.ckpt`` after a head refinement, ``refine.steps``), ``metrics.json`` (final
+metrics, merged by later commands) and ``metrics.csv`` (the logger's curves). ``evaluate``, ``localize``,
+``report``, the notebooks' :mod:`lit3d.analysis` and :mod:`lit3d.viz.run` read runs through this module only.
 
 Frames: the student predicts world points in the labels' frame and unit (``labels.json`` of the cache, recorded
 as ``labels/frame`` and ``labels/unit`` in metrics.json). :func:`labels_to_gt` maps them onto the dataset's metric

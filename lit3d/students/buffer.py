@@ -2,8 +2,8 @@
 
 A fully convolutional ``scr`` student predicts each stride-s cell's s x s points from that cell's feature vector
 alone. Once its encoder is fixed, the features of many augmented training views can be computed once and kept: the
-head then trains on random cells drawn across all views at once (decorrelated batches, no encoder cost per step),
-which fits the head much faster per CPU second than more end-to-end epochs.
+head then trains on random cells drawn across all views at once (decorrelated batches, no encoder cost per step).
+The README measures what it buys against more end-to-end epochs.
 
 A cell is treated as an s x s crop of its view: its camera is the view's pose with the principal point moved by the
 crop's origin, so the reprojection loss of :mod:`lit3d.students.losses` applies to cells unchanged.

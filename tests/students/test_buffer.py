@@ -80,10 +80,11 @@ def test_the_buffer_holds_whole_cells_that_show_the_scene_with_their_features_an
         assert shown[view, r, c]
         mean_colour = batch["image"][view, :, r * S:(r + 1) * S, c * S:(c + 1) * S].mean((1, 2))
         # the features are stored in bf16: 3 significant digits
-        torch.testing.assert_close(got["features"][k, :, 0, 0], torch.cat([mean_colour, torch.tensor([r, c.__float__()])]),
-                                   atol=1e-2, rtol=1e-2)
-        torch.testing.assert_close(got["pts_world"][k], batch["pts_world"][view, :, r * S:(r + 1) * S, c * S:(c + 1) * S])
-        assert torch.equal(got["inside"][k], batch["inside"][view, r * S:(r + 1) * S, c * S:(c + 1) * S])
+        expected = torch.cat([mean_colour, torch.tensor([float(r), float(c)])])
+        torch.testing.assert_close(got["features"][k, :, 0, 0], expected, atol=1e-2, rtol=1e-2)
+        pixels = (slice(r * S, (r + 1) * S), slice(c * S, (c + 1) * S))
+        torch.testing.assert_close(got["pts_world"][k], batch["pts_world"][view, :, pixels[0], pixels[1]])
+        assert torch.equal(got["inside"][k], batch["inside"][view, pixels[0], pixels[1]])
 
 
 def test_the_datamodule_draws_the_configured_steps_of_random_cells():
