@@ -154,7 +154,7 @@ def refine_head(cfg: FitConfig, module: StudentModule, dm: PointmapDataModule, b
     Returns the trainer, datamodule and checkpoint to test with, and the seconds it took (buffer included)."""
     t0 = time.perf_counter()
     if best is not None:
-        module.load_state_dict(StudentModule.load(best).state_dict())
+        module.load_state_dict(load_checkpoint(best)["state_dict"])
     r = cfg.refine
     module.student.encoder.requires_grad_(False)
     module.optim = {**module.optim, "lr": r.lr, "encoder_lr_scale": 1.0}  # the head alone, at its own rate
