@@ -7,15 +7,17 @@ SHA-256 sidecar and verified when loaded (:mod:`lit3d.students.checkpoints`).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import time
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, WeightAveraging
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, WeightAveraging
 from lightning.pytorch.loggers import CSVLogger
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
@@ -29,7 +31,7 @@ from lit3d.loggers import make_logger
 from lit3d.runs import check_run_dir_free, run_dir_lock, writing
 from lit3d.students import model_size
 from lit3d.students.checkpoints import (CheckpointFileError, VerifiedCheckpointIO, check_same_student,
-                                        load_checkpoint)
+                                        load_checkpoint, read_verified)
 from lit3d.students.buffer import PROGRESS_START, BufferDataModule
 from lit3d.students.module import StudentModule
 
@@ -129,7 +131,8 @@ def _fit(cfg: FitConfig, run_dir: Path, callbacks: list | None, trainer_kwargs: 
     best = checkpoint.best_model_path if has_val and checkpoint.best_model_path else None
     test_dm, refine_s = dm, 0.0
     if cfg.refine.steps > 0:
-        trainer, test_dm, best, refine_s = refine_head(cfg, module, dm, best, run_dir)
+        source = best or checkpoint.last_model_path  # the weights the module holds now
+        trainer, test_dm, best, refine_s = refine_head(cfg, module, dm, trainer, source, run_dir)
     has_test = len(cache.split.get("test", [])) > 0
     tested = trainer.test(module, datamodule=test_dm, ckpt_path=best, verbose=False) if has_test else [{}]
     metrics = {k: float(v) for k, v in tested[0].items()}
@@ -147,15 +150,40 @@ def _fit(cfg: FitConfig, run_dir: Path, callbacks: list | None, trainer_kwargs: 
     return metrics
 
 
-def refine_head(cfg: FitConfig, module: StudentModule, dm: PointmapDataModule, best: str | None,
-                run_dir: Path) -> tuple[L.Trainer, BufferDataModule, str, float]:
-    """Train the head of the end-to-end trained student (its ``best`` weights) on a feature buffer of its fixed
-    encoder (:mod:`lit3d.students.buffer`); writes ``checkpoints/refined.ckpt`` and logs to ``refine/metrics.csv``.
-    Returns the trainer, datamodule and checkpoint to test with, and the seconds it took (buffer included)."""
+REFINED_FROM = "lit3d_refined_from"
+"""Key of a refined checkpoint that records what it was made from (:func:`refine_head`)."""
+REFINE_READS = ("refine", "optim", "loss", "loader")
+"""The config sections the refinement reads (besides ``seed``)."""
+
+
+class _RecordOrigin(Callback):
+    """Stores ``record`` in every checkpoint the refinement writes."""
+
+    def __init__(self, record: dict):
+        self.record = record
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[REFINED_FROM] = self.record
+
+
+def refine_head(cfg: FitConfig, module: StudentModule, dm: PointmapDataModule, trainer: L.Trainer,
+                source: str, run_dir: Path) -> tuple[L.Trainer, L.LightningDataModule, str | None, float]:
+    """Train the head of the end-to-end trained student (the weights in ``source``) on a feature buffer of its
+    fixed encoder (:mod:`lit3d.students.buffer`); writes ``checkpoints/refined.ckpt`` and logs to
+    ``refine/metrics.csv``. A ``refined.ckpt`` made from the same ``source`` with the same settings (``seed`` and
+    the sections in ``REFINE_READS``), as a resumed run whose refinement finished has, is kept, not made again.
+    Returns the trainer, datamodule and checkpoint to test with (None: the module's weights), and the seconds it
+    took (buffer included)."""
     t0 = time.perf_counter()
-    if best is not None:
-        module.load_state_dict(load_checkpoint(best)["state_dict"])
     r = cfg.refine
+    record = {"settings": {k: asdict(getattr(cfg, k)) for k in REFINE_READS}, "seed": cfg.seed,
+              "source_sha256": hashlib.sha256(read_verified(source)).hexdigest()}
+    refined = run_dir / "checkpoints" / "refined.ckpt"
+    if refined.is_file() and (kept := load_checkpoint(refined)).get(REFINED_FROM) == record:
+        log.info("%s was refined from these weights with these settings: kept", refined)
+        module.load_state_dict(kept["state_dict"])
+        return trainer, dm, None, 0.0
+    module.load_state_dict(load_checkpoint(source)["state_dict"])
     module.student.encoder.requires_grad_(False)
     module.optim = {**module.optim, "lr": r.lr, "encoder_lr_scale": 1.0}  # the head alone, at its own rate
     module.progress_start = PROGRESS_START
@@ -168,7 +196,8 @@ def refine_head(cfg: FitConfig, module: StudentModule, dm: PointmapDataModule, b
         precision=r.precision, logger=CSVLogger(run_dir, name="refine", version=""),
         log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.enable_progress_bar,
         deterministic=t.deterministic, gradient_clip_val=cfg.optim.grad_clip or None, gradient_clip_algorithm="norm",
-        plugins=[VerifiedCheckpointIO()], callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
+        plugins=[VerifiedCheckpointIO()],
+        callbacks=[checkpoint, _RecordOrigin(record), LearningRateMonitor(logging_interval="step")],
         default_root_dir=run_dir)
     trainer.fit(module, datamodule=bdm)
     log.info("head refined: %d steps of %d cells", r.steps, r.cells_per_batch)

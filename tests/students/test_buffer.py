@@ -1,4 +1,6 @@
 """The head refinement's feature buffer: cells, their cameras, their features; and the refinement end to end."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +8,7 @@ import torch
 from lit3d.config import ConfigError, load_config
 from lit3d.geometry import backproject_depth, pixel_grid, project, transform_points
 from lit3d.students.buffer import BufferDataModule, build_buffer
+from lit3d.students.checkpoints import load_checkpoint
 from lit3d.students.losses import reprojection_loss
 
 S = 4  # the stub encoder's stride
@@ -135,3 +138,13 @@ def test_fit_refines_the_head_only_and_the_run_then_means_the_refined_student(ti
         elif name.startswith("student.head.") and name.endswith("weight"):
             assert not same, name
     assert (ckpts.parent / "refine" / "metrics.csv").is_file()
+
+    # resumed, a finished refinement is kept; other refine.* settings make it again
+    refined = (ckpts / "refined.ckpt").read_bytes()
+    again = fit(dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, resume="last")))
+    assert (ckpts / "refined.ckpt").read_bytes() == refined and again["time/refine_s"] == 0
+    assert again["test/l2_mean"] == pytest.approx(metrics["test/l2_mean"], rel=1e-5)
+    more = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, resume="last"),
+                               refine=dataclasses.replace(cfg.refine, steps=7))
+    assert fit(more)["time/refine_s"] > 0
+    assert load_checkpoint(ckpts / "refined.ckpt")["global_step"] == 7
