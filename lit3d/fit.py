@@ -193,7 +193,7 @@ def refine_head(cfg: FitConfig, module: StudentModule, dm: PointmapDataModule, t
     t = cfg.trainer
     trainer = L.Trainer(
         max_epochs=1, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-        precision=r.precision, logger=CSVLogger(run_dir, name="refine", version=""),
+        precision=r.precision, logger=CSVLogger(run_dir, name="refine", version=""), use_distributed_sampler=False,
         log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.enable_progress_bar,
         deterministic=t.deterministic, gradient_clip_val=cfg.optim.grad_clip or None, gradient_clip_algorithm="norm",
         plugins=[VerifiedCheckpointIO()],

@@ -112,7 +112,9 @@ def _batch(items: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 class BufferDataModule(L.LightningDataModule):
     """Training batches of random buffer cells (``steps`` batches of ``cells_per_batch``, one epoch); validation
-    and test are ``images``'s, so the refined student is scored on whole frames as before."""
+    and test are ``images``'s, so the refined student is scored on whole frames as before. Its trainer needs
+    ``use_distributed_sampler=False``: under DDP each process then takes ``steps`` batches of its own cells, and
+    validates and tests on every frame."""
 
     def __init__(self, images: L.LightningDataModule, encoder: torch.nn.Module, refine_cfg, seed: int = 0):
         super().__init__()
@@ -125,9 +127,11 @@ class BufferDataModule(L.LightningDataModule):
             self.buffer = build_buffer(self.encoder, self.images.train_dataloader(), self.cfg.views_per_frame)
 
     def train_dataloader(self) -> DataLoader:
-        n = self.cfg.cells_per_batch
+        # every process (DDP) draws its own cells from its own copy of the buffer, `steps` batches of
+        # `cells_per_batch` as `loader.batch_size` is per process; the trainer must not split this sampler
+        n, rank = self.cfg.cells_per_batch, self.trainer.global_rank if self.trainer else 0
         sampler = RandomSampler(self.buffer, replacement=True, num_samples=self.cfg.steps * n,
-                                generator=torch.Generator().manual_seed(self.seed))
+                                generator=torch.Generator().manual_seed(self.seed + 1000 * rank))
         return DataLoader(self.buffer, batch_size=n, sampler=sampler, collate_fn=_batch)
 
     def val_dataloader(self) -> DataLoader:

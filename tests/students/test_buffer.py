@@ -148,3 +148,29 @@ def test_fit_refines_the_head_only_and_the_run_then_means_the_refined_student(ti
                                refine=dataclasses.replace(cfg.refine, steps=7))
     assert fit(more)["time/refine_s"] > 0
     assert load_checkpoint(ckpts / "refined.ckpt")["global_step"] == 7
+
+
+@pytest.mark.slow
+def test_ddp_refinement_takes_its_steps_on_every_process(tmp_path):
+    """Two CPU processes (gloo): each draws its own cells for `refine.steps` steps; the trainer must not split
+    them by the buffer's length."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from testkit import TINY
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    env.pop("LOCAL_RANK", None)
+    args = [*(a for a in TINY if not a.endswith("[24,32]")), "data.resolution=[32,32]", "loader.resolution=[32,32]",
+            "student=scr", "student.encoder=conv", "student.pretrained=false", "student.freeze_encoder=false",
+            "student.head_width=32", "refine.steps=5", "refine.views_per_frame=2", "refine.cells_per_batch=16",
+            "refine.precision=32-true", "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu",
+            f"cache_dir={tmp_path / 'cache'}", f"run_dir={tmp_path / 'run'}"]
+    proc = subprocess.run([sys.executable, "-m", "lit3d.fit", *args], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "refined.ckpt")["global_step"] == 5
+    assert (tmp_path / "run" / "metrics.json").is_file()
