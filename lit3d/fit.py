@@ -32,7 +32,7 @@ from lit3d.runs import check_run_dir_free, run_dir_lock, writing
 from lit3d.students import model_size
 from lit3d.students.checkpoints import (CheckpointFileError, VerifiedCheckpointIO, check_same_student,
                                         load_checkpoint, read_verified)
-from lit3d.students.buffer import PROGRESS_START, BufferDataModule
+from lit3d.students.buffer import PROGRESS_START, WARMUP_FRACTION, BufferDataModule
 from lit3d.students.module import StudentModule
 
 log = logging.getLogger("lit3d.fit")
@@ -185,7 +185,9 @@ def refine_head(cfg: FitConfig, module: StudentModule, dm: PointmapDataModule, t
         return trainer, dm, None, 0.0
     module.load_state_dict(load_checkpoint(source)["state_dict"])
     module.student.encoder.requires_grad_(False)
-    module.optim = {**module.optim, "lr": r.lr, "encoder_lr_scale": 1.0}  # the head alone, at its own rate
+    # the head alone, on its own schedule
+    module.optim = {**module.optim, "lr": r.lr, "min_lr_ratio": r.min_lr_ratio, "warmup_fraction": WARMUP_FRACTION,
+                    "encoder_lr_scale": 1.0}
     module.progress_start = PROGRESS_START
     bdm = BufferDataModule(dm, module.student.encoder, r, seed=cfg.seed)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="refined", monitor=None, save_top_k=1,

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 PROGRESS_START = 0.8
 """Where the loss schedule restarts for the refinement: its last fifth (the ``circle`` clamp from 30 to 1 px at
 640 px width), the tightening end of the end-to-end schedule."""
+WARMUP_FRACTION = 0.02
+"""The refinement's learning rate warms up over this fraction of its steps (then ``refine.min_lr_ratio``'s cosine):
+what 3 warm-up epochs of the 150 are to the end-to-end training."""
 
 
 class FeatureBuffer(Dataset):

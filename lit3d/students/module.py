@@ -168,7 +168,8 @@ class StudentModule(L.LightningModule):
         o = self.optim
         opt = torch.optim.AdamW(self._param_groups(), lr=o["lr"], weight_decay=o["weight_decay"])
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = int(total * o["warmup_epochs"] / max(self.hparams.max_epochs, 1))
+        # the head refinement (one epoch of steps) gives its warm-up as a fraction of the steps
+        warmup = int(total * o.get("warmup_fraction", o["warmup_epochs"] / max(self.hparams.max_epochs, 1)))
 
         def lr_factor(step: int) -> float:
             if step < warmup:

@@ -1,4 +1,7 @@
 """StudentModule: world-frame outputs and checkpoints that know their students' weight layout."""
+import math
+from types import SimpleNamespace
+
 import lightning as L
 import pytest
 import torch
@@ -69,6 +72,30 @@ def test_encoder_lr_scale_one_is_a_single_group_and_needs_an_encoder_otherwise()
     module = StudentModule.from_config(cfg, {"mean": torch.zeros(3), "std": torch.ones(3)})
     with pytest.raises(ValueError, match="optim.encoder_lr_scale=0.1: student vanilla_cnn has no trainable encoder"):
         module._param_groups()
+
+
+def _lr_per_step(module: StudentModule, steps: int) -> list[float]:
+    """The learning rate of each of ``steps`` optimizer steps under the module's schedule."""
+    module.trainer = SimpleNamespace(estimated_stepping_batches=steps)
+    sched = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(steps):
+        rates.append(sched.optimizer.param_groups[0]["lr"])
+        sched.optimizer.step()
+        sched.step()
+    return rates
+
+
+def test_schedule_warms_up_then_follows_a_cosine_to_its_floor():
+    module = _scr_module("optim.lr=1e-2", "optim.warmup_epochs=3", "optim.min_lr_ratio=0.1", "trainer.max_epochs=30")
+    lr = _lr_per_step(module, 100)  # 3 of 30 epochs: 10 warm-up steps
+    assert lr[:10] == pytest.approx([1e-2 * (k + 1) / 10 for k in range(10)])
+    cosine = [1e-3 + 9e-3 * 0.5 * (1 + math.cos(math.pi * k / 90)) for k in range(90)]
+    assert lr[10:] == pytest.approx(cosine)
+    # the head refinement: its warm-up a fraction of its steps, its own floor
+    module.optim = {**module.optim, "warmup_fraction": 0.02, "min_lr_ratio": 1e-4}
+    lr = _lr_per_step(module, 3000)
+    assert lr[59] == pytest.approx(1e-2) and lr[58] < lr[59] and lr[-1] == pytest.approx(1e-6, abs=1e-8)
 
 
 def test_the_loss_runs_in_fp32_under_bf16_autocast():
