@@ -155,7 +155,7 @@ class RefineConfig:
     cells_per_batch: int = 640
     """Feature cells per step; each supervises its ``feature_stride**2`` pixels (640 x 8 x 8 = 40,960)."""
     lr: float = 1e-3
-    """Peak AdamW learning rate of the head (``optim``'s warm-up fraction and cosine decay, over ``steps``)."""
+    """Peak AdamW learning rate of the head, reached after the first 2 % of ``steps`` (then the cosine below)."""
     min_lr_ratio: float = 1e-4
     """The head's cosine ends at ``lr`` x this: nearly zero, as ACE's one-cycle schedule ends, which localized
     more new-path frames than ``optim.min_lr_ratio`` (0.01) on both seeds measured (README)."""
