@@ -158,7 +158,7 @@ class RefineConfig:
     """Peak AdamW learning rate of the head, reached after the first 2 % of ``steps`` (then the cosine below)."""
     min_lr_ratio: float = 1e-4
     """The head's cosine ends at ``lr`` x this: nearly zero, as ACE's one-cycle schedule ends, which localized
-    more new-path frames than ``optim.min_lr_ratio`` (0.01) on both seeds measured (README)."""
+    more new-path frames within 10 cm / 10 deg than ``optim.min_lr_ratio`` (0.01) on both seeds measured (README)."""
     precision: str = "bf16-mixed"
     """Lightning precision of the refinement: the head's 1x1 convolutions are matrix products, 4x faster in bf16
     on CPUs with AMX (and on GPUs) than in fp32."""
