@@ -131,7 +131,7 @@ def _fit(cfg: FitConfig, run_dir: Path, callbacks: list | None, trainer_kwargs: 
     best = checkpoint.best_model_path if has_val and checkpoint.best_model_path else None
     test_dm, refine_s = dm, 0.0
     if cfg.refine.steps > 0:
-        source = best or checkpoint.last_model_path  # the weights the module holds now
+        source = best or checkpoint.last_model_path  # the end-to-end student: best on validation, else the last
         trainer, test_dm, best, refine_s = refine_head(cfg, module, dm, trainer, source, run_dir)
     has_test = len(cache.split.get("test", [])) > 0
     tested = trainer.test(module, datamodule=test_dm, ckpt_path=best, verbose=False) if has_test else [{}]

@@ -1,5 +1,9 @@
 """The head refinement's feature buffer: cells, their cameras, their features; and the refinement end to end."""
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +14,7 @@ from lit3d.geometry import backproject_depth, pixel_grid, project, transform_poi
 from lit3d.students.buffer import BufferDataModule, build_buffer
 from lit3d.students.checkpoints import load_checkpoint
 from lit3d.students.losses import reprojection_loss
+from testkit import TINY
 
 S = 4  # the stub encoder's stride
 
@@ -154,13 +159,6 @@ def test_fit_refines_the_head_only_and_the_run_then_means_the_refined_student(ti
 def test_ddp_refinement_takes_its_steps_on_every_process(tmp_path):
     """Two CPU processes (gloo): each draws its own cells for `refine.steps` steps; the trainer must not split
     them by the buffer's length."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from testkit import TINY
-
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(repo)}
     env.pop("LOCAL_RANK", None)
