@@ -18,7 +18,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, WeightAveraging
-from lightning.pytorch.loggers import CSVLogger
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from lit3d.cache import build_labels
@@ -27,11 +26,11 @@ from lit3d.cache.store import write_json
 from lit3d.config import ConfigError, FitConfig, TrainerConfig, to_yaml
 from lit3d.files import atomic_write_bytes
 from lit3d.locks import is_launched_worker
-from lit3d.loggers import make_logger
+from lit3d.loggers import RunCSVLogger, make_logger
 from lit3d.runs import check_run_dir_free, run_dir_lock, writing
 from lit3d.students import model_size
-from lit3d.students.checkpoints import (CheckpointFileError, VerifiedCheckpointIO, check_same_student,
-                                        load_checkpoint, read_verified)
+from lit3d.students.checkpoints import (REFINED_FROM, CheckpointFileError, VerifiedCheckpointIO,
+                                        check_same_student, load_checkpoint, read_verified, sidecar)
 from lit3d.students.buffer import PROGRESS_START, WARMUP_FRACTION, BufferDataModule
 from lit3d.students.module import StudentModule
 
@@ -150,8 +149,6 @@ def _fit(cfg: FitConfig, run_dir: Path, callbacks: list | None, trainer_kwargs: 
     return metrics
 
 
-REFINED_FROM = "lit3d_refined_from"
-"""Key of a refined checkpoint that records what it was made from (:func:`refine_head`)."""
 REFINE_READS = ("refine", "optim", "loss", "loader")
 """The config sections the refinement reads (besides ``seed``)."""
 
@@ -171,39 +168,72 @@ def refine_head(cfg: FitConfig, module: StudentModule, dm: PointmapDataModule, t
     """Train the head of the end-to-end trained student (the weights in ``source``) on a feature buffer of its
     fixed encoder (:mod:`lit3d.students.buffer`); writes ``checkpoints/refined.ckpt`` and logs to
     ``refine/metrics.csv``. A ``refined.ckpt`` made from the same ``source`` with the same settings (``seed`` and
-    the sections in ``REFINE_READS``), as a resumed run whose refinement finished has, is kept, not made again.
+    the sections in ``REFINE_READS``), as a resumed run whose refinement finished has, is kept, not made again; an
+    interrupted refinement goes on from its last ``refine-partial.ckpt`` (written every tenth of the steps).
     Returns the trainer, datamodule and checkpoint to test with (None: the module's weights), and the seconds it
     took (buffer included)."""
     t0 = time.perf_counter()
     r = cfg.refine
+    data = read_verified(source)
     record = {"settings": {k: asdict(getattr(cfg, k)) for k in REFINE_READS}, "seed": cfg.seed,
-              "source_sha256": hashlib.sha256(read_verified(source)).hexdigest()}
-    refined = run_dir / "checkpoints" / "refined.ckpt"
+              "source_sha256": hashlib.sha256(data).hexdigest()}
+    ckpts = run_dir / "checkpoints"
+    refined = ckpts / "refined.ckpt"
     if refined.is_file() and (kept := load_checkpoint(refined)).get(REFINED_FROM) == record:
         log.info("%s was refined from these weights with these settings: kept", refined)
         module.load_state_dict(kept["state_dict"])
         return trainer, dm, None, 0.0
-    module.load_state_dict(load_checkpoint(source)["state_dict"])
+    module.load_state_dict(load_checkpoint(source, data)["state_dict"])
     module.student.encoder.requires_grad_(False)
     # the head alone, on its own schedule
     module.optim = {**module.optim, "lr": r.lr, "min_lr_ratio": r.min_lr_ratio, "warmup_fraction": WARMUP_FRACTION,
                     "encoder_lr_scale": 1.0}
     module.progress_start = PROGRESS_START
-    bdm = BufferDataModule(dm, module.student.encoder, r, seed=cfg.seed)
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="refined", monitor=None, save_top_k=1,
-                                 enable_version_counter=False)  # a rerun replaces it
+    partial = ckpts / f"{PARTIAL}.ckpt"
+    resume, reached = _partial_refinement(partial, record)
+    bdm = BufferDataModule(dm, module.student.encoder, r, seed=cfg.seed, start_step=reached)
+    checkpoints = [
+        ModelCheckpoint(dirpath=ckpts, filename="refined", monitor=None, save_top_k=1, enable_version_counter=False),
+        # one file, overwritten every tenth of the steps: a kill costs at most that
+        ModelCheckpoint(dirpath=ckpts, filename=PARTIAL, monitor=None, save_top_k=1, enable_version_counter=False,
+                        every_n_train_steps=max(1, r.steps // 10))]
     t = cfg.trainer
     trainer = L.Trainer(
-        max_epochs=1, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-        precision=r.precision, logger=CSVLogger(run_dir, name="refine", version=""), use_distributed_sampler=False,
-        log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.enable_progress_bar,
-        deterministic=t.deterministic, gradient_clip_val=cfg.optim.grad_clip or None, gradient_clip_algorithm="norm",
-        plugins=[VerifiedCheckpointIO()],
-        callbacks=[checkpoint, _RecordOrigin(record), LearningRateMonitor(logging_interval="step")],
+        max_epochs=1, max_steps=r.steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=t.strategy, precision=r.precision, logger=RunCSVLogger(run_dir / "refine", epoch=None, step=reached),
+        use_distributed_sampler=False, log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=t.enable_progress_bar, deterministic=t.deterministic,
+        gradient_clip_val=cfg.optim.grad_clip or None, gradient_clip_algorithm="norm", plugins=[VerifiedCheckpointIO()],
+        callbacks=[*checkpoints, _RecordOrigin(record), LearningRateMonitor(logging_interval="step")],
         default_root_dir=run_dir)
-    trainer.fit(module, datamodule=bdm)
+    trainer.fit(module, datamodule=bdm, ckpt_path=resume)
+    if trainer.global_rank == 0:
+        partial.unlink(missing_ok=True)
+        sidecar(partial).unlink(missing_ok=True)
     log.info("head refined: %d steps of %d cells", r.steps, r.cells_per_batch)
-    return trainer, bdm, checkpoint.best_model_path or checkpoint.last_model_path, time.perf_counter() - t0
+    return trainer, bdm, checkpoints[0].best_model_path or checkpoints[0].last_model_path, time.perf_counter() - t0
+
+
+PARTIAL = "refine-partial"
+"""Name of the refinement's checkpoint while it runs (``checkpoints/refine-partial.ckpt``), removed at its end."""
+
+
+def _partial_refinement(partial: Path, record: dict) -> tuple[str | None, int]:
+    """``(partial, its step)`` when ``partial`` holds an interrupted refinement of the same weights with the same
+    settings, else ``(None, 0)`` (an unreadable one is only the refinement's progress: it starts again, with a
+    warning)."""
+    if not partial.is_file():
+        return None, 0
+    try:
+        ckpt = load_checkpoint(partial)
+    except CheckpointFileError as e:
+        log.warning("%s: refining from the start", e)
+        return None, 0
+    if ckpt.get(REFINED_FROM) != record:
+        log.info("%s was made from other weights or settings: refining from the start", partial)
+        return None, 0
+    log.info("resuming the interrupted refinement at step %d of %s", ckpt["global_step"], partial)
+    return str(partial), int(ckpt["global_step"])
 
 
 def _figures(run_dir: Path, module: StudentModule, dm: PointmapDataModule, best: str | None) -> None:

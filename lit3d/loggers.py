@@ -49,9 +49,10 @@ def make_logger(name: str, run_dir: Path, experiment: str, resumed: dict | None 
 class RunCSVLogger(CSVLogger):
     """Lightning's CSV logger writing ``run_dir/metrics.csv``. A resumed run keeps the rows up to its checkpoint
     (``epoch``; rows without an epoch: ``step``) and appends to them, where Lightning's own writer deletes the file
-    and with it the epochs before the resume (and the loss curves drawn from it). ``epoch=-1``: a new run."""
+    and with it the epochs before the resume (and the loss curves drawn from it). ``epoch=-1``: a new run;
+    ``epoch=None``: a checkpoint within an epoch, the rows before ``step`` are kept."""
 
-    def __init__(self, run_dir: Path, epoch: int = -1, step: int = 0):
+    def __init__(self, run_dir: Path, epoch: int | None = -1, step: int = 0):
         super().__init__(run_dir, name="", version="")
         self._until = (epoch, step)
 
@@ -65,7 +66,7 @@ class RunCSVLogger(CSVLogger):
 
 
 class _KeepingWriter(ExperimentWriter):
-    def __init__(self, log_dir: str, epoch: int, step: int):
+    def __init__(self, log_dir: str, epoch: int | None, step: int):
         self._until = (epoch, step)
         super().__init__(log_dir)
 
@@ -83,14 +84,16 @@ class _KeepingWriter(ExperimentWriter):
             return
         write_csv(path, kept)  # atomically: a kill now leaves the old rows or the kept ones
         self.metrics_keys = header
-        log.info("resumed run: kept %d of %d rows of %s (up to epoch %d)", len(kept), len(rows), path, self._until[0])
+        log.info("resumed run: kept %d of %d rows of %s (up to epoch %s, step %d)", len(kept), len(rows), path,
+                 *self._until)
 
 
-def _before(row: dict[str, str], epoch: int, step: int) -> bool:
+def _before(row: dict[str, str], epoch: int | None, step: int) -> bool:
     """Whether a metrics.csv row was logged before a checkpoint at the end of ``epoch`` (``step`` optimizer steps):
-    rows of later epochs were logged after it and are logged again by the resumed run."""
+    rows of later epochs were logged after it and are logged again by the resumed run. ``epoch=None``: a checkpoint
+    within an epoch (the head refinement's), the rows before ``step``."""
     try:
-        if row.get("epoch"):
+        if row.get("epoch") and epoch is not None:
             return float(row["epoch"]) <= epoch
         return bool(row.get("step")) and float(row["step"]) < step  # learning-rate rows: step only
     except ValueError:  # a line cut short by a kill

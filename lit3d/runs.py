@@ -33,6 +33,7 @@ from lit3d.locks import LockBusy, file_lock
 from lit3d.geometry import backproject_depth, nearest_rotation, transform_points, umeyama_sim3
 from lit3d.metrics.localization import localize, pose_errors, summarize
 from lit3d.metrics.pointmap import error_summary
+from lit3d.students.checkpoints import REFINED_FROM, current_hash, load_checkpoint
 from lit3d.students.module import StudentModule
 
 log = logging.getLogger(__name__)
@@ -96,18 +97,40 @@ def run_config(run_dir: str | Path, overrides: list[str] | None = None) -> FitCo
 
 
 def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
-    """``best``: the run's student, ``checkpoints/refined.ckpt`` after a head refinement (``refine.steps``), else
-    best.ckpt (falling back to last.ckpt: runs without validation have no best); ``last`` (the end-to-end
-    training's, which resumes), or ``which`` as a path to a .ckpt file."""
+    """``best``: the run's student, ``checkpoints/refined.ckpt`` after a head refinement (``refine.steps`` in its
+    config.yaml, made from the end-to-end checkpoint there now), else best.ckpt (falling back to last.ckpt: runs
+    without validation have no best); ``last`` (the end-to-end training's, which resumes), or ``which`` as a path to
+    a .ckpt file."""
     ckpts = Path(run_dir) / "checkpoints"
     if which in ("best", "last"):
-        for name in (["refined.ckpt", "best.ckpt", "last.ckpt"] if which == "best" else ["last.ckpt"]):
-            if (ckpts / name).is_file():
-                return ckpts / name
-        raise FileNotFoundError(f"{run_dir}: no {which} checkpoint in {ckpts}")
+        names = ["best.ckpt", "last.ckpt"] if which == "best" else ["last.ckpt"]
+        found = [ckpts / name for name in names if (ckpts / name).is_file()]
+        if not found:
+            raise FileNotFoundError(f"{run_dir}: no {which} checkpoint in {ckpts}")
+        if which == "best" and _refined_from(Path(run_dir), found):
+            return ckpts / "refined.ckpt"
+        return found[0]
     if not Path(which).is_file():
         raise FileNotFoundError(f"checkpoint {which} not found")
     return Path(which)
+
+
+def _refined_from(run_dir: Path, sources: list[Path]) -> bool:
+    """Whether the run's head refinement is its student: ``refined.ckpt`` exists, the run's config still refines
+    (a run resumed with ``refine.steps=0`` means its end-to-end student) and the refinement was made from one of the
+    end-to-end checkpoints ``sources`` as they are now, not from the weights before a resume trained further (a
+    warning says so)."""
+    refined = run_dir / "checkpoints" / "refined.ckpt"
+    config = run_dir / "config.yaml"
+    if not refined.is_file() or (config.is_file() and from_yaml(config).refine.steps == 0):
+        return False
+    made_from = load_checkpoint(refined).get(REFINED_FROM, {}).get("source_sha256")
+    now = {current_hash(path) for path in sources} - {None}
+    if made_from is not None and now and made_from not in now:
+        log.warning("%s was refined from other weights than %s hold now: using %s (resume the run with "
+                    "refine.steps to refine these)", refined, " and ".join(p.name for p in sources), sources[0].name)
+        return False
+    return True
 
 
 def load_student(run_dir: str | Path, which: str = "best") -> StudentModule:

@@ -119,9 +119,11 @@ class BufferDataModule(L.LightningDataModule):
     ``use_distributed_sampler=False``: under DDP each process then takes ``steps`` batches of its own cells, and
     validates and tests on every frame."""
 
-    def __init__(self, images: L.LightningDataModule, encoder: torch.nn.Module, refine_cfg, seed: int = 0):
+    def __init__(self, images: L.LightningDataModule, encoder: torch.nn.Module, refine_cfg, seed: int = 0,
+                 start_step: int = 0):
         super().__init__()
         self.images, self.encoder, self.cfg, self.seed = images, encoder, refine_cfg, seed
+        self.start_step = start_step  # a resumed refinement's step: it draws new cells, not its first ones again
         self.buffer: FeatureBuffer | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -131,10 +133,12 @@ class BufferDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # every process (DDP) draws its own cells from its own copy of the buffer, `steps` batches of
-        # `cells_per_batch` as `loader.batch_size` is per process; the trainer must not split this sampler
+        # `cells_per_batch` as `loader.batch_size` is per process; the trainer must not split this sampler (a
+        # resumed refinement's trainer stops at its max_steps)
         n, rank = self.cfg.cells_per_batch, self.trainer.global_rank if self.trainer else 0
+        seed = self.seed + 1000 * rank + 7919 * self.start_step
         sampler = RandomSampler(self.buffer, replacement=True, num_samples=self.cfg.steps * n,
-                                generator=torch.Generator().manual_seed(self.seed + 1000 * rank))
+                                generator=torch.Generator().manual_seed(seed))
         return DataLoader(self.buffer, batch_size=n, sampler=sampler, collate_fn=_batch)
 
     def val_dataloader(self) -> DataLoader:

@@ -24,6 +24,11 @@ from lit3d.files import atomic_output, atomic_write_bytes
 log = logging.getLogger(__name__)
 
 
+REFINED_FROM = "lit3d_refined_from"
+"""Key of a head refinement's checkpoint (``refined.ckpt``) that records what it was made from: the SHA-256 of the
+end-to-end checkpoint (``source_sha256``), the seed and the settings the refinement read."""
+
+
 class CheckpointFileError(ValueError):
     """A student checkpoint that cannot be written (no space), or read as this run's student: corrupt, truncated,
     not a checkpoint, or of another student."""
@@ -83,9 +88,10 @@ def unreadable(path: str | Path, error: BaseException) -> CheckpointFileError:
                                f"({type(error).__name__}: {one_line(error)})")
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The verified checkpoint ``path`` as a dict (tensors on the CPU)."""
-    data = read_verified(path)
+def load_checkpoint(path: str | Path, data: bytes | None = None) -> dict[str, Any]:
+    """The verified checkpoint ``path`` as a dict (tensors on the CPU); ``data``: its bytes as
+    :func:`read_verified` returned them, when the caller has them already."""
+    data = read_verified(path) if data is None else data
     try:
         ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # no pickled code runs
     except Exception as e:  # any deserialization failure is the file's
@@ -93,6 +99,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointFileError(f"checkpoint {path} is not a Lightning checkpoint (no state_dict)")
     return ckpt
+
+
+def current_hash(path: str | Path) -> str | None:
+    """The SHA-256 that the sidecar of checkpoint ``path`` gives for the file now (None without a sidecar)."""
+    hashes = _accepted_hashes(Path(path))
+    return hashes[0] if hashes else None
 
 
 def check_same_student(module: torch.nn.Module, ckpt: dict[str, Any], path: str | Path) -> None:

@@ -1,5 +1,7 @@
 """The head refinement's feature buffer: cells, their cameras, their features; and the refinement end to end."""
+import csv
 import dataclasses
+import logging
 import os
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import torch
 
 from lit3d.config import ConfigError, load_config
 from lit3d.geometry import backproject_depth, pixel_grid, project, transform_points
-from lit3d.students.buffer import BufferDataModule, build_buffer
+from lit3d.students.buffer import BufferDataModule, FeatureBuffer, build_buffer
 from lit3d.students.checkpoints import load_checkpoint
 from lit3d.students.losses import reprojection_loss
 from testkit import TINY
@@ -110,6 +112,11 @@ def test_the_datamodule_draws_the_configured_steps_of_random_cells():
     batches = list(dm.train_dataloader())
     assert len(batches) == 5 and all(len(b["pts_world"]) == 7 for b in batches)
     assert batches[0]["features"].shape == (7, 5, 1, 1) and batches[0]["features"].dtype == torch.float32
+    # a refinement resumed at step 2 draws other cells than it drew at its start
+    again = BufferDataModule(Images(), StubEncoder(), cfg.refine, seed=3, start_step=2)
+    again.setup("fit")
+    resumed = list(again.train_dataloader())
+    assert len(resumed) == 5 and not torch.equal(resumed[0]["pts_world"], batches[0]["pts_world"])
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -124,7 +131,7 @@ def test_bad_refine_settings_are_errors_at_load(overrides, key):
 
 
 @pytest.mark.slow
-def test_fit_refines_the_head_only_and_the_run_then_means_the_refined_student(tiny_cfg):
+def test_fit_refines_the_head_only_and_the_run_then_means_the_refined_student(tiny_cfg, caplog):
     from lit3d.fit import fit
     from lit3d.runs import checkpoint_path
     from lit3d.students.module import StudentModule
@@ -153,6 +160,73 @@ def test_fit_refines_the_head_only_and_the_run_then_means_the_refined_student(ti
                                refine=dataclasses.replace(cfg.refine, steps=7))
     assert fit(more)["time/refine_s"] > 0
     assert load_checkpoint(ckpts / "refined.ckpt")["global_step"] == 7
+
+    # resumed without refinement (and trained on), the run means its end-to-end student again
+    plain = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, resume="last", max_epochs=3),
+                                refine=dataclasses.replace(cfg.refine, steps=0))
+    fit(plain)
+    assert checkpoint_path(cfg.run_dir) == ckpts / "best.ckpt" and (ckpts / "refined.ckpt").is_file()
+    # a config that still refines (a resume killed before its refinement) does not mean the older refinement
+    config = Path(cfg.run_dir) / "config.yaml"
+    config.write_text(config.read_text().replace("steps: 0", "steps: 7"))
+    with caplog.at_level(logging.WARNING, logger="lit3d.runs"):
+        assert checkpoint_path(cfg.run_dir) == ckpts / "best.ckpt"
+    assert "refined from other weights" in caplog.text
+
+
+class _Draws:
+    """Counts the batches drawn from every FeatureBuffer; with ``kill_at``, that batch raises, as a kill stops a run."""
+
+    def __init__(self, monkeypatch, kill_at: int | None = None):
+        self.calls, getitems = 0, FeatureBuffer.__getitems__
+
+        def draw(buffer, indices):
+            self.calls += 1
+            if kill_at is not None and self.calls >= kill_at:
+                raise RuntimeError("killed")
+            return getitems(buffer, indices)
+
+        monkeypatch.setattr(FeatureBuffer, "__getitems__", draw)
+
+
+@pytest.mark.slow
+def test_an_interrupted_refinement_goes_on_from_its_last_step(tiny_cfg, monkeypatch, caplog):
+    from lit3d.fit import PARTIAL, fit
+
+    cfg = tiny_cfg("student=scr", "student.encoder=conv", "student.pretrained=false", "student.head_width=32",
+                   "data.resolution=[32,32]", "loader.resolution=[32,32]", "refine.steps=20",
+                   "refine.views_per_frame=2", "refine.cells_per_batch=16", "refine.precision=32-true")
+    ckpts = Path(cfg.run_dir) / "checkpoints"
+    partial = ckpts / f"{PARTIAL}.ckpt"
+    with monkeypatch.context() as m, pytest.raises(RuntimeError, match="killed"):
+        _Draws(m, kill_at=13)
+        fit(cfg)
+    reached = load_checkpoint(partial)["global_step"]  # saved every 2 steps (a tenth of 20)
+    assert reached in (10, 12) and not (ckpts / "refined.ckpt").exists()
+
+    draws = _Draws(monkeypatch)
+    resumed = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, resume="last"))
+    with caplog.at_level(logging.INFO, logger="lit3d.fit"):
+        fit(resumed)
+    assert f"resuming the interrupted refinement at step {reached}" in caplog.text
+    assert draws.calls <= 20 - reached + 1  # the steps left (and one batch fetched ahead)
+    assert load_checkpoint(ckpts / "refined.ckpt")["global_step"] == 20 and not partial.exists()
+    with open(Path(cfg.run_dir) / "refine" / "metrics.csv") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("lr-AdamW")]
+    assert steps == sorted(set(steps)) and min(steps) < reached <= max(steps)  # the rows before the kill are kept
+
+    # a damaged partial checkpoint only costs the refinement's progress
+    monkeypatch.undo()
+    (ckpts / "refined.ckpt").unlink()
+    with monkeypatch.context() as m, pytest.raises(RuntimeError, match="killed"):
+        _Draws(m, kill_at=13)
+        fit(resumed)
+    partial.write_bytes(partial.read_bytes()[:100])
+    draws = _Draws(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="lit3d.fit"):
+        fit(resumed)
+    assert "is corrupt" in caplog.text and "refining from the start" in caplog.text and draws.calls >= 20
+    assert load_checkpoint(ckpts / "refined.ckpt")["global_step"] == 20
 
 
 @pytest.mark.slow
