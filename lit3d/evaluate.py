@@ -7,7 +7,8 @@ validation frames with ``tune=true``); how far each test frame is from the train
 :mod:`lit3d.metrics.coverage`). Writes into the run directory: ``metrics.json`` (fit's keys kept; ``eval/*``,
 ``loc/*``, ``loc_teacher/*``, ``gen/*``, ``export/*`` replaced), ``eval_frames.csv`` (one row per frame),
 ``eval_tuning.csv`` (with ``tune=true``), figures (``eval_frames.png``, ``eval_loc_cdf_t.png``,
-``eval_loc_cdf_r.png``, ``eval_pointclouds.html``) and ``exports/`` (PLY clouds, ONNX and TorchScript student
+``eval_loc_cdf_r.png``, ``eval_generalisation.png``: where frames fail against the training cameras,
+``eval_pointclouds.html``) and ``exports/`` (PLY clouds, ONNX and TorchScript student
 with their metadata).
 
 Any config key (``data.*``, ``cache_dir``, ...) overrides the run's ``config.yaml``; the options are
@@ -96,8 +97,15 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
     err_rows, metrics = point_errors(fr, S_44)
     loc_rows, loc_metrics, poses = localize_frames(fr, S_44, **loc)
     metrics.update(loc_metrics)
-    gen_rows = generalisation([cache.load_frame(n) for n in names],
-                              (cache.load_frame(n) for n in cache.split.get("train") or []),
+    train_cam2world: list[np.ndarray] = []  # kept for the map while the frames stream past (they may be GiBs)
+
+    def training_frames():
+        for n in cache.split.get("train") or []:
+            frame = cache.load_frame(n)
+            train_cam2world.append(frame["cam2world"].astype(np.float64))
+            yield frame
+
+    gen_rows = generalisation([cache.load_frame(n) for n in names], training_frames(),
                               labels_in_pose_frame=info.get("frame") == "dataset")
     metrics.update(summarize_generalisation(gen_rows))
     metrics.update({
@@ -111,6 +119,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
     write_csv(run_dir / "eval_frames.csv", [{"frame": n, **e, **p, **g}
                                              for n, e, p, g in zip(names, err_rows, loc_rows, gen_rows)])
     _figures(run_dir, fr, S_44, loc_rows, poses, opt.figure_frames)
+    _generalisation_map(run_dir, train_cam2world, loc_rows, gen_rows, poses)
     if opt.exports:
         metrics.update(_exports(run_dir, module, opt.split, fr, info, opt.export_atol))
     merge_metrics(run_dir, metrics, EVAL_PREFIXES + (("export/",) if opt.exports else ()))
@@ -219,6 +228,27 @@ def _figures(run_dir: Path, fr: Frames, S_44: np.ndarray | None, rows: list[dict
                         title=f"teacher vs student, {n} frames; true and estimated cameras", shared_js=True)
     except Exception as e:
         log.warning("could not write evaluation figures: %s", e)
+
+
+def _generalisation_map(run_dir: Path, train_cam2world: list[np.ndarray], loc_rows: list[dict],
+                        gen_rows: list[dict], poses: dict[str, list]) -> None:
+    """``eval_generalisation.png`` (:func:`lit3d.viz.figures.generalisation_map`) when the test frames have true
+    poses; a stale one is removed otherwise. Never fatal."""
+    from lit3d.viz.figures import generalisation_map
+
+    path = run_dir / "eval_generalisation.png"
+    path.unlink(missing_ok=True)
+    if not poses["true"] or any(T is None for T in poses["true"]):
+        return
+    nan_44 = np.full((4, 4), np.nan)
+    try:
+        generalisation_map(path, np.array(train_cam2world).reshape(-1, 4, 4), np.stack(poses["true"]),
+                           np.stack([nan_44 if T is None else T for T in poses["student"]]),
+                           np.array([r["student_t_cm"] for r in loc_rows], dtype=np.float64),
+                           np.array([r["nearest_train_m"] for r in gen_rows], dtype=np.float64),
+                           np.array([r["coverage"] for r in gen_rows], dtype=np.float64))
+    except Exception as e:
+        log.warning("could not write %s: %s", path, e)
 
 
 def _exports(run_dir: Path, module: StudentModule, split: str, fr: Frames, labels_info: dict,

@@ -130,8 +130,8 @@ def test_evaluate_a_tiny_run(tiny_cfg, caplog, monkeypatch):
     # test-path cameras see walls up to ~4 m away, where 0.1 deg moves the centre ~0.5 cm (measured 0.09-1.03 cm)
     assert all(float(r["teacher_t_cm"]) < 1.5 and float(r["teacher_r_deg"]) < 0.25 for r in rows)
 
-    for name in ("eval_frames.png", "eval_loc_cdf_t.png", "eval_loc_cdf_r.png", "eval_pointclouds.html",
-                 "exports/student.onnx", "exports/student.ts"):
+    for name in ("eval_frames.png", "eval_loc_cdf_t.png", "eval_loc_cdf_r.png", "eval_generalisation.png",
+                 "eval_pointclouds.html", "exports/student.onnx", "exports/student.ts"):
         assert (run / name).stat().st_size > 0, name
     for fmt in ("onnx", "torchscript"):
         assert metrics[f"export/{fmt}_max_abs_diff"] <= metrics[f"export/{fmt}_atol"]

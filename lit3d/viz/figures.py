@@ -1,4 +1,5 @@
-"""Static matplotlib figures (PNG): pointmap panels, loss curves, localization error CDFs.
+"""Static matplotlib figures (PNG): pointmap panels, loss curves, localization error CDFs, the map of where
+localization fails against the training cameras.
 
 Uses ``matplotlib.figure.Figure`` with the Agg canvas directly, so nothing touches pyplot's global state and it is
 safe in headless runs and threads. Every function writes its PNG atomically (:func:`lit3d.files.atomic_output`)
@@ -167,4 +168,94 @@ def error_cdf(
     ax.grid(True, alpha=0.3)
     if errors:
         ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def floor_axes(cam2world_N44: np.ndarray) -> np.ndarray:
+    """World directions (2, 3), orthonormal, of a view from above the cameras: the plane normal to their mean up
+    direction (OpenCV cameras' -y, as held upright), its first axis along the centres' largest spread.
+
+    Cameras with no common up direction (rolled every way; labels in an arbitrary frame) use the normal of the plane
+    that best fits their centres instead, and without such a plane either (fewer than three centres, or collinear
+    ones) the world's x and y axes.
+    """
+    T = np.asarray(cam2world_N44, dtype=np.float64).reshape(-1, 4, 4)
+    T = T[np.all(np.isfinite(T), axis=(1, 2))]
+    if not len(T):
+        return np.eye(3)[:2]
+    centres_N3 = T[:, :3, 3]
+    _, sv, Vt_33 = np.linalg.svd(centres_N3 - centres_N3.mean(0), full_matrices=True)
+    up_3 = -T[:, :3, 1].mean(0)
+    if np.linalg.norm(up_3) < 0.5:  # no agreed up: the centres' plane (a walk, a drone's path) seen from above
+        if len(sv) < 3 or sv[1] <= 1e-9 * sv[0]:
+            return np.eye(3)[:2]
+        up_3 = Vt_33[2]
+    up_3 = up_3 / np.linalg.norm(up_3)
+    # the centres' main direction within the plane; any in-plane direction when they are one point or along up
+    candidates = [v - (v @ up_3) * up_3 for v in (*Vt_33, *np.eye(3))]
+    e1 = next(v for v in candidates if np.linalg.norm(v) > 1e-6)
+    e1 = e1 / np.linalg.norm(e1)
+    return np.stack([e1, np.cross(up_3, e1)])
+
+
+def generalisation_map(
+    path: str | os.PathLike,
+    train_cam2world_M44: np.ndarray,
+    test_cam2world_N44: np.ndarray,
+    est_cam2world_N44: np.ndarray,
+    t_cm_N: np.ndarray,
+    nearest_train_N: np.ndarray,
+    coverage_N: np.ndarray,
+    thresholds_cm: Sequence[float] = (5.0, 10.0),
+) -> Path:
+    """Where localization fails, against where the student was trained: two panels.
+
+    Left, seen from above (:func:`floor_axes` of the training cameras): training camera centres, each test camera's
+    true centre coloured by its translation error (under ``thresholds_cm``, above, failed), a line to its estimated
+    centre. Right: translation error (cm, log) against the distance to the nearest training camera (poses' unit),
+    coloured by the fraction of the frame's surface that training frames see. Poses are camera-to-world in one
+    frame (the dataset's); an estimate with a NaN entry is a failure.
+    """
+    train = np.asarray(train_cam2world_M44, dtype=np.float64).reshape(-1, 4, 4)
+    test = np.asarray(test_cam2world_N44, dtype=np.float64).reshape(-1, 4, 4)
+    est = np.asarray(est_cam2world_N44, dtype=np.float64).reshape(-1, 4, 4)
+    t_cm = np.asarray(t_cm_N, dtype=np.float64)
+    A_23 = floor_axes(train if len(train) else test)
+    fig = Figure(figsize=(12, 5))
+    ax_map, ax_err = fig.subplots(1, 2)
+
+    xy_M2 = train[:, :3, 3] @ A_23.T
+    ax_map.plot(xy_M2[:, 0], xy_M2[:, 1], ".", color="0.6", ms=3, label=f"training cameras ({len(train)})")
+    xy_N2, est_N2 = test[:, :3, 3] @ A_23.T, est[:, :3, 3] @ A_23.T
+    lo, hi = sorted(thresholds_cm)[0], sorted(thresholds_cm)[-1]
+    classes = ((t_cm < lo, "tab:green", f"< {lo:g} cm"), ((t_cm >= lo) & (t_cm < hi), "tab:orange", f"{lo:g}-{hi:g} cm"),
+               (np.isfinite(t_cm) & (t_cm >= hi), "tab:red", f">= {hi:g} cm"))
+    found = np.all(np.isfinite(est_N2), axis=1)
+    for i in np.flatnonzero(found):
+        ax_map.plot([xy_N2[i, 0], est_N2[i, 0]], [xy_N2[i, 1], est_N2[i, 1]], "-", color="0.3", lw=0.6)
+    for mask, colour, label in classes:
+        ax_map.plot(xy_N2[mask, 0], xy_N2[mask, 1], "o", color=colour, ms=4, label=f"test, {label} ({mask.sum()})")
+    failed = ~np.isfinite(t_cm)
+    if failed.any():
+        ax_map.plot(xy_N2[failed, 0], xy_N2[failed, 1], "x", color="black", ms=5, label=f"test, failed ({failed.sum()})")
+    ax_map.set_aspect("equal", adjustable="datalim")
+    ax_map.set_title("seen from above (lines: to the estimated centre)", fontsize=10)
+    ax_map.legend(fontsize=7, loc="best")
+    ax_map.grid(True, alpha=0.3)
+
+    shown = np.where(np.isfinite(t_cm), np.maximum(t_cm, 1e-2), np.nan)
+    top = np.nanmax(shown) * 2 if np.isfinite(shown).any() else 100.0
+    art = ax_err.scatter(nearest_train_N, np.where(failed, top, shown), c=coverage_N, cmap="viridis", vmin=0, vmax=1,
+                         s=16, marker="o")
+    if failed.any():
+        ax_err.scatter(np.asarray(nearest_train_N)[failed], np.full(failed.sum(), top), marker="x", color="black",
+                       s=20, label="failed")
+        ax_err.legend(fontsize=7)
+    for t in thresholds_cm:
+        ax_err.axhline(t, color="grey", lw=0.8, ls=":")
+    ax_err.set_yscale("log")
+    ax_err.set_xlabel("distance to the nearest training camera (poses' unit)")
+    ax_err.set_ylabel("translation error (cm)")
+    ax_err.grid(True, which="both", alpha=0.3)
+    fig.colorbar(art, ax=ax_err, label="surface seen by training frames")
     return _save(fig, path)

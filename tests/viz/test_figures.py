@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from lit3d.geometry import invert_pose, look_at, project, transform_points
-from lit3d.viz.figures import error_cdf, loss_curves, pointmap_panels, points_to_rgb
+from lit3d.viz.figures import (error_cdf, floor_axes, generalisation_map, loss_curves, pointmap_panels,
+                                points_to_rgb)
 from lit3d.viz.pointcloud import frustum_lines, pointcloud_html, subsample
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -73,6 +74,75 @@ def test_loss_curves_and_error_cdf(tmp_path):
     read_png(loss_curves(tmp_path / "loss.png", curves))
     errors = {"student": np.r_[np.linspace(0, 12, 50), np.inf], "teacher": np.linspace(0, 4, 20), "empty": []}
     read_png(error_cdf(tmp_path / "cdf.png", errors, xlabel="translation error (cm)"))
+    assert no_tmp_left(tmp_path)
+
+
+def _horizontal_cameras(rng, n, up_3=(0.0, 0.0, 1.0), height=1.5, slope=0.0):
+    """Upright cameras looking level, at random places of a ramp rising by ``slope`` along its long axis."""
+    up_3 = np.asarray(up_3, float) / np.linalg.norm(up_3)
+    a = np.cross(up_3, [1.0, 0.0, 0.0] if abs(up_3[0]) < 0.9 else [0.0, 1.0, 0.0])
+    a /= np.linalg.norm(a)
+    b = np.cross(up_3, a)
+    out = []
+    for _ in range(n):
+        along = 3 * rng.normal()
+        eye = along * a + rng.normal() * b + (height + slope * along) * up_3
+        yaw = rng.uniform(0, 2 * np.pi)
+        out.append(look_at(eye, eye + np.cos(yaw) * a + np.sin(yaw) * b, up_3))
+    return np.stack(out)
+
+
+def test_floor_axes_see_the_cameras_from_above():
+    rng = np.random.default_rng(0)
+    for up in ((0, 0, 1), (0, -1, 0), (0.3, 0.2, 0.9)):  # z up, OpenCV-style world (y down), a tilted world
+        up = np.asarray(up) / np.linalg.norm(up)
+        T = _horizontal_cameras(rng, 30, up, slope=0.4)  # up a ramp: its plane is not the floor
+        A = floor_axes(T)
+        assert np.allclose(A @ A.T, np.eye(2), atol=1e-9)
+        assert np.allclose(A @ up, 0, atol=1e-9)
+        # seen from above, horizontal distances are kept; the first axis is the centres' long (3x) one
+        c = T[:, :3, 3]
+        flat = c - (c @ up)[:, None] * up
+        d_true = np.linalg.norm(flat[:, None] - flat[None], axis=-1)
+        d_map = np.linalg.norm((c @ A.T)[:, None] - (c @ A.T)[None], axis=-1)
+        assert np.allclose(d_map, d_true, atol=1e-9)
+        assert np.std(c @ A[0]) > 2 * np.std(c @ A[1])
+        # the right-handed order: x, y of the map and up make a rotation, so the map is not mirrored
+        assert np.isclose(np.linalg.det(np.stack([A[0], A[1], up])), 1.0)
+
+    # cameras rolled every way have no common up: the plane through their centres is what is seen from above
+    n = np.array([1.0, 2.0, 2.0]) / 3
+    a = np.cross(n, [1.0, 0.0, 0.0])
+    a /= np.linalg.norm(a)
+    b = np.cross(n, a)
+    T = np.stack([np.eye(4)] * 40)
+    for k in range(40):
+        Q, R = np.linalg.qr(rng.normal(size=(3, 3)))
+        Q = Q * np.sign(np.diag(R))  # a uniformly random rotation (or reflection, fixed next)
+        T[k, :3, :3] = Q * np.linalg.det(Q)
+        T[k, :3, 3] = rng.normal() * a + rng.normal() * b + 0.5 * n
+    assert np.linalg.norm(T[:, :3, 1].mean(0)) < 0.5
+    assert np.allclose(floor_axes(T) @ n, 0, atol=1e-9)
+    # nothing to go by (two centres, no common up), no finite pose, or NaN rows: world x and y / finite ones only
+    two = np.stack([np.eye(4), np.diag([-1.0, -1.0, 1.0, 1.0])])  # upside down to each other
+    two[1, :3, 3] = 1.0
+    assert np.allclose(floor_axes(two), np.eye(3)[:2])
+    assert np.allclose(floor_axes(np.full((3, 4, 4), np.nan)), np.eye(3)[:2])
+    upright = _horizontal_cameras(rng, 10)
+    assert np.allclose(floor_axes(np.concatenate([upright, np.full((2, 4, 4), np.nan)])), floor_axes(upright))
+
+
+def test_generalisation_map(tmp_path):
+    rng = np.random.default_rng(1)
+    train, test = _horizontal_cameras(rng, 50), _horizontal_cameras(rng, 6)
+    est = test.copy()
+    est[:, :3, 3] += rng.normal(scale=0.05, size=(6, 3))
+    est[2] = np.nan  # a failed frame
+    t_cm = 100 * np.linalg.norm(est[:, :3, 3] - test[:, :3, 3], axis=1)
+    t_cm[2] = np.inf
+    out = generalisation_map(tmp_path / "gen.png", train, test, est, t_cm, rng.uniform(0.1, 1, 6),
+                             rng.uniform(0, 1, 6))
+    assert out == tmp_path / "gen.png" and read_png(out).shape[1] > read_png(out).shape[0]  # two panels
     assert no_tmp_left(tmp_path)
 
 
