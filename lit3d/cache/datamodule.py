@@ -1,6 +1,8 @@
 """LightningDataModule over a label cache: images and world-point labels at the student's resolution."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import os
 from functools import lru_cache
@@ -272,18 +274,25 @@ class PointmapDataModule(L.LightningDataModule):
                              for k in range(len(ds))])
         return {"mean": pts.mean(0), "std": pts.std(0).clamp_min(1e-6)}
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, dataset: CachedFrames | None = None) -> DataLoader:
         if not len(self.datasets.get(split, [])):
             return []  # Lightning skips an empty loader
-        return DataLoader(self.datasets[split], batch_size=self.cfg.batch_size, shuffle=shuffle,
+        return DataLoader(dataset or self.datasets[split], batch_size=self.cfg.batch_size, shuffle=shuffle,
                           num_workers=self.cfg.num_workers, pin_memory=self.cfg.pin_memory,
                           persistent_workers=self.cfg.num_workers > 0,
                           # a last training batch of one image breaks BatchNorm at coarse strides
                           drop_last=shuffle and len(self.datasets[split]) > self.cfg.batch_size,
                           generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+    def train_dataloader(self, **augmentation) -> DataLoader:
+        """The training views; ``augmentation`` (``loader.*`` keys, e.g. ``scale_range``) replaces the loader's
+        geometric augmentation for these views only (the head refinement's buffer), on the same frames."""
+        if not augmentation:
+            return self._loader("train", shuffle=True)
+        self.setup()
+        views = copy.copy(self.datasets["train"])  # shares the preloaded frames
+        views.geometric = geometric_augmentation(dataclasses.replace(self.cfg, **augmentation))
+        return self._loader("train", shuffle=True, dataset=views)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

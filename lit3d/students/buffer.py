@@ -117,7 +117,8 @@ class BufferDataModule(L.LightningDataModule):
     """Training batches of random buffer cells (``steps`` batches of ``cells_per_batch``, one epoch); validation
     and test are ``images``'s, so the refined student is scored on whole frames as before. Its trainer needs
     ``use_distributed_sampler=False``: under DDP each process then takes ``steps`` batches of its own cells, and
-    validates and tests on every frame."""
+    validates and tests on every frame. The buffer's views are ``images``' training views, zoomed over
+    ``refine.scale_range`` where it is set."""
 
     def __init__(self, images: L.LightningDataModule, encoder: torch.nn.Module, refine_cfg, seed: int = 0,
                  start_step: int = 0):
@@ -129,7 +130,8 @@ class BufferDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.images.setup(stage)
         if self.buffer is None and stage in (None, "fit"):
-            self.buffer = build_buffer(self.encoder, self.images.train_dataloader(), self.cfg.views_per_frame)
+            zoom = {"scale_range": list(self.cfg.scale_range)} if self.cfg.scale_range else {}
+            self.buffer = build_buffer(self.encoder, self.images.train_dataloader(**zoom), self.cfg.views_per_frame)
 
     def train_dataloader(self) -> DataLoader:
         # every process (DDP) draws its own cells from its own copy of the buffer, `steps` batches of

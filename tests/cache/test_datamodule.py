@@ -173,6 +173,24 @@ def test_lazy_loader_gives_the_preloaded_batches(tiny_cfg):
     torch.testing.assert_close(dm_pre.train_stats()["mean"], dm_lazy.train_stats()["mean"])  # every frame: < 256
 
 
+def test_training_views_with_another_zoom_share_the_frames(tiny_cfg):
+    from lit3d.cache import build_labels
+
+    cfg = tiny_cfg("loader.preload=true")
+    cache, _ = build_labels(cfg)
+    dm, default = _batches(cfg, cache)
+    fixed = dm.train_dataloader(scale_range=[2.0, 2.0])  # every view zoomed 2x: the focal length doubles exactly
+    assert fixed.dataset.frames is dm.datasets["train"].frames  # the same preloaded frames, not a second copy
+    base_K = torch.stack([dm.datasets["train"].item(k, geometric=False)["K"] for k in range(len(fixed.dataset))])
+    for batch in fixed:
+        torch.testing.assert_close(batch["K"][:, 0, 0], 2 * base_K[batch["index"], 0, 0])
+        torch.testing.assert_close(batch["K"][:, 1, 1], 2 * base_K[batch["index"], 1, 1])
+    # the loader's own views stay within loader.scale_range (2/3..3/2) and the datamodule's augmentation is unchanged
+    ratio = torch.cat([b["K"][:, 0, 0] / base_K[b["index"], 0, 0] for b in default])
+    assert ratio.min() >= 2 / 3 - 1e-5 and ratio.max() <= 1.5 + 1e-5 and ratio.std() > 0.01
+    assert dm.datasets["train"].geometric.scale_range == tuple(cfg.loader.scale_range)
+
+
 def test_preload_auto_follows_the_memory_budget(tiny_cfg, caplog):
     from lit3d.cache import build_labels
     from lit3d.cache.datamodule import FRAME_BYTES_PER_PIXEL, PointmapDataModule

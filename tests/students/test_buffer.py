@@ -101,14 +101,22 @@ def test_the_datamodule_draws_the_configured_steps_of_random_cells():
     cfg = load_config(["refine.steps=5", "refine.cells_per_batch=7", "refine.views_per_frame=1", "student=scr"])
 
     class Images:
+        def __init__(self):
+            self.asked = []
+
         def setup(self, stage=None):
             pass
 
-        def train_dataloader(self):
+        def train_dataloader(self, **augmentation):
+            self.asked.append(augmentation)
             return views()
 
-    dm = BufferDataModule(Images(), StubEncoder(), cfg.refine, seed=3)
+    dm = BufferDataModule(images := Images(), StubEncoder(), cfg.refine, seed=3)
     dm.setup("fit")
+    assert images.asked == [{}]  # the loader's own augmentation; refine.scale_range asks for its zoom instead
+    zoomed = BufferDataModule(wide := Images(), StubEncoder(), dataclasses.replace(cfg.refine, scale_range=[0.5, 2]))
+    zoomed.setup("fit")
+    assert wide.asked == [{"scale_range": [0.5, 2]}]
     batches = list(dm.train_dataloader())
     assert len(batches) == 5 and all(len(b["pts_world"]) == 7 for b in batches)
     assert batches[0]["features"].shape == (7, 5, 1, 1) and batches[0]["features"].dtype == torch.float32
@@ -124,6 +132,8 @@ def test_the_datamodule_draws_the_configured_steps_of_random_cells():
     (["refine.steps=10", "student=scr", "student.context=1"], "student.context=1"),
     (["refine.precision=bf17"], "refine.precision"),
     (["refine.steps=-1"], "refine.steps"),
+    (["refine.scale_range=[2,1]"], "refine.scale_range"),
+    (["refine.steps=10", "student=scr", "refine.scale_range=[0.5,2]", "loader.geometric=false"], "loader.geometric"),
 ])
 def test_bad_refine_settings_are_errors_at_load(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
