@@ -160,9 +160,9 @@ class RefineConfig:
     """The head's cosine ends at ``lr`` x this: nearly zero, as ACE's one-cycle schedule ends, which localized
     more new-path frames within 10 cm / 10 deg than ``optim.min_lr_ratio`` (0.01) on both seeds measured (README)."""
     scale_range: list[float] = field(default_factory=list)
-    """Zoom range of the buffer's augmented views, as ``loader.scale_range`` ([] = the training loader's). The head
-    alone takes a wider range than the end-to-end training fits: [0.5, 2] localized more new-path frames within 10 cm
-    / 10 deg on every seed measured (README)."""
+    """Zoom range of the buffer's augmented views, as ``loader.scale_range`` ([] = the training loader's). For test
+    views at other distances than the training views': [0.5, 2] localized more synthetic new-path frames within
+    10 cm / 10 deg on every seed measured, and fewer kitchen frames at the training views' scale (README)."""
     precision: str = "bf16-mixed"
     """Lightning precision of the refinement: the head's 1x1 convolutions are matrix products, 4x faster in bf16
     than in fp32 on CPUs with AMX. On a GPU its small steps are launch-bound and bf16 is slower (H200: 2.3 against
