@@ -228,7 +228,8 @@ def generalisation_map(
     ax_map.plot(xy_M2[:, 0], xy_M2[:, 1], ".", color="0.6", ms=3, label=f"training cameras ({len(train)})")
     xy_N2, est_N2 = test[:, :3, 3] @ A_23.T, est[:, :3, 3] @ A_23.T
     lo, hi = sorted(thresholds_cm)[0], sorted(thresholds_cm)[-1]
-    classes = ((t_cm < lo, "tab:green", f"< {lo:g} cm"), ((t_cm >= lo) & (t_cm < hi), "tab:orange", f"{lo:g}-{hi:g} cm"),
+    classes = ((t_cm < lo, "tab:green", f"< {lo:g} cm"),
+               ((t_cm >= lo) & (t_cm < hi), "tab:orange", f"{lo:g}-{hi:g} cm"),
                (np.isfinite(t_cm) & (t_cm >= hi), "tab:red", f">= {hi:g} cm"))
     found = np.all(np.isfinite(est_N2), axis=1)
     for i in np.flatnonzero(found):
@@ -237,19 +238,19 @@ def generalisation_map(
         ax_map.plot(xy_N2[mask, 0], xy_N2[mask, 1], "o", color=colour, ms=4, label=f"test, {label} ({mask.sum()})")
     failed = ~np.isfinite(t_cm)
     if failed.any():
-        ax_map.plot(xy_N2[failed, 0], xy_N2[failed, 1], "x", color="black", ms=5, label=f"test, failed ({failed.sum()})")
+        ax_map.plot(xy_N2[failed, 0], xy_N2[failed, 1], "x", color="black", ms=5,
+                    label=f"test, failed ({failed.sum()})")
     ax_map.set_aspect("equal", adjustable="datalim")
     ax_map.set_title("seen from above (lines: to the estimated centre)", fontsize=10)
     ax_map.legend(fontsize=7, loc="best")
     ax_map.grid(True, alpha=0.3)
 
-    shown = np.where(np.isfinite(t_cm), np.maximum(t_cm, 1e-2), np.nan)
-    top = np.nanmax(shown) * 2 if np.isfinite(shown).any() else 100.0
-    art = ax_err.scatter(nearest_train_N, np.where(failed, top, shown), c=coverage_N, cmap="viridis", vmin=0, vmax=1,
-                         s=16, marker="o")
-    if failed.any():
-        ax_err.scatter(np.asarray(nearest_train_N)[failed], np.full(failed.sum(), top), marker="x", color="black",
-                       s=20, label="failed")
+    nearest_N, coverage_N = np.asarray(nearest_train_N, np.float64), np.asarray(coverage_N, np.float64)
+    shown = np.maximum(t_cm[~failed], 1e-2)  # a log axis cannot show 0
+    art = ax_err.scatter(nearest_N[~failed], shown, c=coverage_N[~failed], cmap="viridis", vmin=0, vmax=1, s=16)
+    if failed.any():  # drawn above the largest error
+        top = 2 * shown.max() if len(shown) else 100.0
+        ax_err.scatter(nearest_N[failed], np.full(failed.sum(), top), marker="x", color="black", s=20, label="failed")
         ax_err.legend(fontsize=7)
     for t in thresholds_cm:
         ax_err.axhline(t, color="grey", lw=0.8, ls=":")
