@@ -231,9 +231,9 @@ def generalisation_map(
     classes = ((t_cm < lo, "tab:green", f"< {lo:g} cm"),
                ((t_cm >= lo) & (t_cm < hi), "tab:orange", f"{lo:g}-{hi:g} cm"),
                (np.isfinite(t_cm) & (t_cm >= hi), "tab:red", f">= {hi:g} cm"))
-    found = np.all(np.isfinite(est_N2), axis=1)
-    for i in np.flatnonzero(found):
-        ax_map.plot([xy_N2[i, 0], est_N2[i, 0]], [xy_N2[i, 1], est_N2[i, 1]], "-", color="0.3", lw=0.6)
+    # every true -> estimated segment in one line, NaN between them (a failed estimate's NaN draws nothing)
+    lines_M2 = np.stack([xy_N2, est_N2, np.full_like(xy_N2, np.nan)], 1).reshape(-1, 2)
+    ax_map.plot(lines_M2[:, 0], lines_M2[:, 1], "-", color="0.3", lw=0.6)
     for mask, colour, label in classes:
         ax_map.plot(xy_N2[mask, 0], xy_N2[mask, 1], "o", color=colour, ms=4, label=f"test, {label} ({mask.sum()})")
     failed = ~np.isfinite(t_cm)
