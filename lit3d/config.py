@@ -245,6 +245,7 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], list[str]]] = {
     "refine.precision": LIGHTNING_PRECISIONS,
     "trainer.logger": ("csv", "tensorboard", "wandb", "mlflow"),
     "student.encoder": encoder_names,
+    "student.output": ("pixels", "cells"),
     "teacher.preset": (*DUST3R_PRESETS, *MAST3R_PRESETS),
     "teacher.amp": ("bf16", "fp16", "none"),
     "teacher.head_type": ("", "dpt", "linear", "catmlp+dpt"),

@@ -3,7 +3,9 @@ encoder with a bounded receptive field, then a per-pixel MLP.
 
 Each pixel's world point depends only on a local patch of the image, not on the whole view, which is what lets such
 networks relocalize from viewpoints the training images never showed (a whole-image network can memorise views).
-Each stride-s feature cell predicts its s*s pixels' points (3*s*s channels, rearranged by ``nn.PixelShuffle``).
+Each stride-s feature cell predicts its s*s pixels' points (3*s*s channels, rearranged by ``nn.PixelShuffle``), or
+with ``output=cells`` one point, the one seen at the cell's centre, as ACE does; the pixels between centres then
+take the bilinear interpolation of the nearest four cells' points.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lit3d.students import STUDENTS
@@ -46,6 +49,10 @@ class SCRConfig(StudentConfig):
     context: int = 0
     """Extra trainable 3x3 conv layers (width ``head_width``) on the features before the MLP, each widening the
     receptive field by 2 cells; 0 = none (the encoder's receptive field)."""
+    output: str = "pixels"
+    """pixels: each cell predicts its feature_stride**2 pixels' points; cells: one point per cell (at its centre,
+    ACE's output), bilinearly interpolated between cell centres, so each point need not encode where in its cell
+    a pixel lies."""
     head_stride: int = 8
     """Unused by ``scr``: its MLP runs at ``feature_stride``."""
 
@@ -65,23 +72,29 @@ class _Residual(nn.Module):
 
 
 class PointMLP(nn.Module):
-    """Per-cell MLP (1x1 convs): features (B, C, h, w) -> points (B, 3, h*s, w*s), s*s points per cell.
+    """Per-cell MLP (1x1 convs): features (B, C, h, w) -> points (B, 3, h*s, w*s).
 
     Input projection + ReLU, ``layers`` hidden layers with ReLU (a residual connection around each pair), then a
-    linear layer to 3*s*s channels, rearranged into the s x s pixels of each cell (sub-pixel convolution).
+    linear layer to 3*s*s channels, rearranged into the s x s pixels of each cell (sub-pixel convolution); with
+    ``per_cell`` to 3 channels, one point per cell placed at the cell's centre and interpolated bilinearly between
+    centres (a single cell, as the feature buffer holds them, gives its point to all of its pixels).
     """
 
-    def __init__(self, in_channels: int, stride: int, width: int = 256, layers: int = 4):
+    def __init__(self, in_channels: int, stride: int, width: int = 256, layers: int = 4, per_cell: bool = False):
         super().__init__()
         if layers < 0:
             raise ValueError(f"student.head_layers must be >= 0; got {layers}")
+        self.stride, self.per_cell = stride, per_cell
         self.proj = nn.Sequential(nn.Conv2d(in_channels, width, 1), nn.ReLU(inplace=True))
         self.blocks = nn.Sequential(*(_Residual(width, min(2, layers - k)) for k in range(0, layers, 2)))
-        self.out = nn.Conv2d(width, 3 * stride**2, 1)
+        self.out = nn.Conv2d(width, 3 if per_cell else 3 * stride**2, 1)
         self.shuffle = nn.PixelShuffle(stride)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.shuffle(self.out(self.blocks(self.proj(feats))))
+        out = self.out(self.blocks(self.proj(feats)))
+        if self.per_cell:  # align_corners=False puts cell (i, j)'s value at pixel (s * j + (s - 1) / 2, ...)
+            return F.interpolate(out, scale_factor=self.stride, mode="bilinear", align_corners=False)
+        return self.shuffle(out)
 
 
 class SCRStudent(nn.Module):
@@ -100,7 +113,7 @@ class SCRStudent(nn.Module):
             context += [nn.Conv2d(c, cfg.head_width, 3, padding=1), nn.ReLU(inplace=True)]
             c = cfg.head_width
         self.context = nn.Sequential(*context)
-        self.head = PointMLP(c, s, cfg.head_width, cfg.head_layers)
+        self.head = PointMLP(c, s, cfg.head_width, cfg.head_layers, per_cell=cfg.output == "cells")
         self.train()  # a frozen encoder starts in eval mode: Lightning restores each module's captured mode
 
     def train(self, mode: bool = True) -> "SCRStudent":

@@ -11,7 +11,8 @@ from lit3d.students.scr import PointMLP
 
 ENCODERS = [["student.encoder=xfeat"], ["student.encoder=efficientnet_lite0"],
             ["student.encoder=efficientnet_lite0", "student.feature_stride=16"],
-            ["student.encoder=mobilenetv3", "student.pretrained=false"], ["student.encoder=conv"]]
+            ["student.encoder=mobilenetv3", "student.pretrained=false"], ["student.encoder=conv"],
+            ["student.encoder=conv", "student.output=cells"]]
 
 
 def scr(*overrides, size=(40, 56)):
@@ -86,6 +87,21 @@ def test_point_mlp_is_per_cell_with_sub_pixel_layout():
     cell = head.out(head.blocks(head.proj(feats[..., 1:2, 2:3]))).view(3, 4, 4)
     torch.testing.assert_close(out[0, :, 4:8, 8:12], cell)
     assert len(head.blocks) == 2 and [len(b.layers) for b in head.blocks] == [2, 1]
+
+
+def test_point_mlp_per_cell_puts_each_point_at_its_cell_centre():
+    torch.manual_seed(0)
+    head = PointMLP(8, stride=3, width=16, layers=2, per_cell=True)
+    feats = torch.rand(1, 8, 2, 4)
+    out = head(feats)
+    assert out.shape == (1, 3, 6, 12)
+    cell = [head.out(head.blocks(head.proj(feats[..., 1:2, j:j + 1]))).flatten() for j in (1, 2)]
+    torch.testing.assert_close(out[0, :, 4, 4], cell[0])  # centre of cell (1, 1): pixel (3 + 1, 3 + 1)
+    torch.testing.assert_close(out[0, :, 4, 5], (2 * cell[0] + cell[1]) / 3)  # a third of the way to cell (1, 2)
+    # a lone cell (the feature buffer's) gives its point to all its pixels
+    lone = head(feats[..., 1:2, 1:2])
+    torch.testing.assert_close(lone, cell[0].view(1, 3, 1, 1).expand(1, 3, 3, 3))
+    assert head.out.out_channels == 3
 
 
 def test_scr_overfits_a_single_image_at_its_default_lr():
