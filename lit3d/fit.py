@@ -29,7 +29,7 @@ from lit3d.locks import is_launched_worker
 from lit3d.loggers import RunCSVLogger, make_logger
 from lit3d.runs import check_run_dir_free, run_dir_lock, writing
 from lit3d.students import model_size
-from lit3d.students.checkpoints import (REFINED_FROM, CheckpointFileError, VerifiedCheckpointIO,
+from lit3d.students.checkpoints import (REFINED_FROM, CheckpointFileError, RunCheckpoint, VerifiedCheckpointIO,
                                         check_same_student, load_checkpoint, read_verified, sidecar)
 from lit3d.students.buffer import PROGRESS_START, WARMUP_FRACTION, BufferDataModule
 from lit3d.students.module import StudentModule
@@ -109,8 +109,13 @@ def _fit(cfg: FitConfig, run_dir: Path, callbacks: list | None, trainer_kwargs: 
 
     t = cfg.trainer
     has_val = len(cache.split.get("val", [])) > 0
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", save_last=True,
-                                 monitor="val/l2_mean" if has_val else None, mode="min", save_top_k=1)
+    # best.ckpt: the best validation epoch (without validation frames, the last); last.ckpt: the last epoch, which
+    # Lightning 2.6's save_last writes only beside a new best, so with validation a second callback writes it
+    checkpoint = RunCheckpoint(dirpath=run_dir / "checkpoints", filename="best", save_last=not has_val,
+                               monitor="val/l2_mean" if has_val else None, mode="min", save_top_k=1,
+                               enable_version_counter=False)
+    last = [RunCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                          save_on_train_epoch_end=True, enable_version_counter=False)] if has_val else []
     # the foreach form of torch's EMA: 5x faster per step on a CPU than EMAWeightAveraging's per-tensor one
     ema = cfg.optim.ema_decay
     averaging = [WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(ema))] if ema > 0 else []
@@ -120,7 +125,7 @@ def _fit(cfg: FitConfig, run_dir: Path, callbacks: list | None, trainer_kwargs: 
         check_val_every_n_epoch=t.check_val_every_n_epoch, enable_progress_bar=t.enable_progress_bar,
         deterministic=t.deterministic, gradient_clip_val=cfg.optim.grad_clip or None,
         gradient_clip_algorithm="norm", plugins=[VerifiedCheckpointIO()],
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch"), *averaging, *(callbacks or [])],
+        callbacks=[checkpoint, *last, LearningRateMonitor(logging_interval="epoch"), *averaging, *(callbacks or [])],
         default_root_dir=run_dir,
         **(trainer_kwargs or {}),
     )

@@ -1,6 +1,7 @@
 """``python -m lit3d.fit`` end to end on tiny data, for every student; and its one-line errors."""
 import json
 import logging
+from pathlib import Path
 
 import pytest
 from lightning.pytorch.callbacks import Callback
@@ -43,6 +44,32 @@ def test_training_beats_the_mean_point_baseline_and_resumes(tiny_cfg):
     # resume from the last checkpoint with more epochs: Lightning restores the epoch and optimizer state
     resumed = fit(tiny_cfg("trainer.max_epochs=61", "trainer.resume=last", *common))
     assert resumed["time/fit_s"] < metrics["time/fit_s"]
+
+
+def test_last_checkpoint_is_the_last_epoch_and_a_moved_run_resumes_against_its_best(tiny_cfg, tmp_path):
+    """``last.ckpt`` holds the last epoch even when validation stopped improving (Lightning 2.6 writes its own
+    ``save_last`` only beside a new best), and a run directory copied elsewhere resumes from it and keeps comparing
+    with its best epoch: no ``-v1`` files, no re-trained epochs, ``best.ckpt`` untouched by a worse epoch."""
+    import shutil
+
+    import torch
+
+    # a learning rate too small to change a float32 weight: every epoch validates alike, so the best is the first
+    common = ["optim.lr=1e-12", "trainer.check_val_every_n_epoch=1", "data.num_frames=12"]
+    fit(tiny_cfg("trainer.max_epochs=3", *common))
+    ckpts = Path(tiny_cfg().run_dir) / "checkpoints"
+    epochs = {n: torch.load(ckpts / f"{n}.ckpt", weights_only=False)["epoch"] for n in ("best", "last")}
+    assert epochs == {"best": 0, "last": 2}
+    states = torch.load(ckpts / "last.ckpt", weights_only=False)["callbacks"]
+    assert sum(k.startswith("ModelCheckpoint{") for k in states) == 2  # Lightning's keys: older runs resume alike
+
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_cfg().run_dir, moved)
+    best = (moved / "checkpoints" / "best.ckpt").read_bytes()
+    fit(tiny_cfg("trainer.max_epochs=4", "trainer.resume=last", f"run_dir={moved}", *common))
+    assert sorted(p.name for p in (moved / "checkpoints").glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
+    assert (moved / "checkpoints" / "best.ckpt").read_bytes() == best
+    assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 3
 
 
 def test_ema_keeps_the_moving_average_of_every_step_in_the_checkpoint(tiny_cfg):

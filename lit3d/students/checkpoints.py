@@ -13,11 +13,13 @@ import errno
 import hashlib
 import io
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit3d.files import atomic_output, atomic_write_bytes
 
@@ -139,3 +141,29 @@ class VerifiedCheckpointIO(TorchCheckpointIO):
     def remove_checkpoint(self, path) -> None:
         super().remove_checkpoint(path)
         sidecar(path).unlink(missing_ok=True)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` for a run directory that may have been moved or copied since it was written.
+
+    Lightning keeps the absolute paths of the best and last checkpoints in its state and drops the best score when
+    the folder differs, so a resumed copy would save its next epoch as "best" (or ``best-v1.ckpt``) however bad.
+    Here the stored paths are re-read relative to the folder the checkpoints are in now."""
+
+    @property
+    def state_key(self) -> str:
+        # Lightning's own key: runs written with a plain ModelCheckpoint resume against their best, and back
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and old != new:
+            def here(path):
+                inside = isinstance(path, str) and os.path.dirname(path) == old
+                return os.path.join(new, os.path.basename(path)) if inside else path
+
+            state_dict = {**state_dict, "dirpath": new,
+                          **{k: here(state_dict.get(k)) for k in ("best_model_path", "kth_best_model_path",
+                                                                 "last_model_path")},
+                          "best_k_models": {here(k): v for k, v in state_dict.get("best_k_models", {}).items()}}
+        super().load_state_dict(state_dict)
