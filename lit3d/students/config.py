@@ -15,3 +15,7 @@ class StudentConfig:
     head_stride: int = 4
     """Stride (power of two) at which the head's convs stop; each cell then predicts head_stride**2 points
     (sub-pixel convolution). 1 runs the head at full resolution, several times slower at large inputs."""
+    output: str = "pixels"
+    """pixels: each output cell predicts its s*s pixels' points (s: the head's output stride); cells: one point per
+    cell, the one at its centre (ACE's output), bilinearly interpolated between cell centres, so a point need not
+    encode where in its cell a pixel lies."""

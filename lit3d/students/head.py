@@ -19,10 +19,12 @@ class ConvHead(nn.Module):
     resolution (sub-pixel convolution): each pixel keeps its own output, so depth edges stay sharp, while the
     3x3 convs run on ``out_stride**2`` times fewer pixels, which is most of a student's cost at full resolution.
     With one input at stride 1 only the per-pixel MLP remains: the fully-connected output layers of a plain CNN.
+    With ``per_cell`` the MLP gives one point per cell instead, interpolated between cell centres
+    (:func:`cells_to_pixels`).
     """
 
     def __init__(self, in_channels: int | Sequence[int], strides: int | Sequence[int], width: int = 32,
-                 hidden: int = 128, out_stride: int = 1):
+                 hidden: int = 128, out_stride: int = 1, per_cell: bool = False):
         super().__init__()
         in_channels = [in_channels] if isinstance(in_channels, int) else list(in_channels)
         strides = [strides] if isinstance(strides, int) else list(strides)
@@ -47,8 +49,11 @@ class ConvHead(nn.Module):
                                         nn.Conv2d(c, stage_width(s), 3, padding=1), nn.LeakyReLU(0.1, inplace=True)))
             c = stage_width(s)
         self.stages = nn.ModuleList(stages)
-        self.point_mlp = nn.Sequential(nn.Conv2d(c, hidden, 1), nn.LeakyReLU(0.1, inplace=True),
-                                       nn.Conv2d(hidden, 3 * out_stride**2, 1), nn.PixelShuffle(out_stride))
+        self.per_cell = per_cell
+        mlp = [nn.Conv2d(c, hidden, 1), nn.LeakyReLU(0.1, inplace=True)]  # made first: the paper's runs' init order
+        mlp += [nn.Conv2d(hidden, 3, 1)] if per_cell else [nn.Conv2d(hidden, 3 * out_stride**2, 1),
+                                                           nn.PixelShuffle(out_stride)]
+        self.point_mlp = nn.Sequential(*mlp)
 
     def forward(self, feats: torch.Tensor | Sequence[torch.Tensor], out_size: tuple[int, int]) -> torch.Tensor:
         feats = [feats] if isinstance(feats, torch.Tensor) else list(feats)
@@ -64,10 +69,19 @@ class ConvHead(nn.Module):
                     x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
                 x = x + self.lateral[str(s)](skip)
         pts = self.point_mlp(x)
+        if self.per_cell:
+            pts = cells_to_pixels(pts, self.out_stride)
         H, W = out_size
         if pts.shape[-2] >= H and pts.shape[-1] >= W:  # strided maps of padded inputs cover the image and more
             return pts[..., :H, :W]
         return F.interpolate(pts, size=(H, W), mode="bilinear", align_corners=False)
+
+
+def cells_to_pixels(pts_B3hw: torch.Tensor, stride: int) -> torch.Tensor:
+    """One point per stride-``stride`` cell, taken as the point seen at the cell's centre, to one per pixel:
+    (B, 3, h, w) -> (B, 3, h * stride, w * stride), bilinear between cell centres, clamped at the border cells."""
+    # align_corners=False puts cell (i, j)'s value at pixel (s * i + (s - 1) / 2, s * j + (s - 1) / 2)
+    return F.interpolate(pts_B3hw, scale_factor=stride, mode="bilinear", align_corners=False)
 
 
 def normalize_image(img_B3HW: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

@@ -43,7 +43,7 @@ class MobileNetV3Student(nn.Module):
         self.backbone = _drop_unused_blocks(_create_backbone(cfg))
         info = self.backbone.feature_info
         self.head = ConvHead(info.channels(), info.reduction(), width=cfg.head_width,
-                             out_stride=cfg.head_stride)
+                             out_stride=cfg.head_stride, per_cell=cfg.output == "cells")
         self.mean, self.std = self.backbone.pretrained_cfg.get("mean"), self.backbone.pretrained_cfg.get("std")
         if cfg.freeze_backbone:
             self.backbone.requires_grad_(False).eval()

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lit3d.students import STUDENTS
 from lit3d.students.config import StudentConfig
 from lit3d.students.encoders import create_encoder
+from lit3d.students.head import cells_to_pixels
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,6 @@ class SCRConfig(StudentConfig):
     context: int = 0
     """Extra trainable 3x3 conv layers (width ``head_width``) on the features before the MLP, each widening the
     receptive field by 2 cells; 0 = none (the encoder's receptive field)."""
-    output: str = "pixels"
-    """pixels: each cell predicts its feature_stride**2 pixels' points; cells: one point per cell (at its centre,
-    ACE's output), bilinearly interpolated between cell centres, so each point need not encode where in its cell
-    a pixel lies."""
     head_stride: int = 8
     """Unused by ``scr``: its MLP runs at ``feature_stride``."""
 
@@ -92,9 +88,7 @@ class PointMLP(nn.Module):
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         out = self.out(self.blocks(self.proj(feats)))
-        if self.per_cell:  # align_corners=False puts cell (i, j)'s value at pixel (s * j + (s - 1) / 2, ...)
-            return F.interpolate(out, scale_factor=self.stride, mode="bilinear", align_corners=False)
-        return self.shuffle(out)
+        return cells_to_pixels(out, self.stride) if self.per_cell else self.shuffle(out)
 
 
 class SCRStudent(nn.Module):

@@ -37,7 +37,7 @@ class VanillaCNN(nn.Module):
         cum = [2 ** sum(s == 2 for s in cfg.strides[:k + 1]) for k in range(len(cfg.strides))]
         self.taps = [k for k in range(len(cum)) if k == len(cum) - 1 or cum[k + 1] != cum[k]]
         self.head = ConvHead([cfg.channels[k] for k in self.taps], [cum[k] for k in self.taps],
-                             hidden=cfg.head_hidden, out_stride=cfg.head_stride)
+                             hidden=cfg.head_hidden, out_stride=cfg.head_stride, per_cell=cfg.output == "cells")
 
     def forward(self, img_B3HW: torch.Tensor) -> torch.Tensor:
         x = normalize_image(img_B3HW, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))

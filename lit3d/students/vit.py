@@ -85,7 +85,8 @@ class ViTStudent(nn.Module):
         self.encoder = nn.Sequential(*[Block(cfg.latent_dim, cfg.num_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth)])
         self.decoder = nn.Sequential(*[Block(cfg.latent_dim, cfg.num_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(cfg.latent_dim)
-        self.head = ConvHead(cfg.latent_dim, p, width=cfg.head_width, out_stride=cfg.head_stride)
+        self.head = ConvHead(cfg.latent_dim, p, width=cfg.head_width, out_stride=cfg.head_stride,
+                             per_cell=cfg.output == "cells")
 
     def forward(self, img_B3HW: torch.Tensor) -> torch.Tensor:
         B, _, H, W = img_B3HW.shape

@@ -157,8 +157,9 @@ def test_export_mismatch_raises_and_leaves_no_file(tmp_path, fmt):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", __import__("lit3d.students", fromlist=["STUDENTS"]).STUDENTS.names())
-def test_every_registered_student_exports(tmp_path, name):
+@pytest.mark.parametrize("name,output", [*((n, "pixels") for n in __import__(
+    "lit3d.students", fromlist=["STUDENTS"]).STUDENTS.names()), ("mobilenetv3", "cells")])
+def test_every_registered_student_exports(tmp_path, name, output):
     """Each student of the registry (its default config, 32x32 input) exports to ONNX and TorchScript, checked
     against PyTorch, with its deployment metadata."""
     pytest.importorskip("onnxruntime")
@@ -166,7 +167,7 @@ def test_every_registered_student_exports(tmp_path, name):
     from lit3d.export import export_student, read_metadata
     from lit3d.students.module import StudentModule
 
-    cfg = load_config([f"student={name}", "loader.resolution=[32,32]"])
+    cfg = load_config([f"student={name}", f"student.output={output}", "loader.resolution=[32,32]"])
     module = StudentModule.from_config(cfg, {"mean": torch.zeros(3), "std": torch.ones(3)}).eval()
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     metrics = export_student(module, tmp_path, images, {"frame": "dataset", "unit": "m"}, atol=1e-3)

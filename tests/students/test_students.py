@@ -14,10 +14,11 @@ SMALL = {
 }
 
 
+@pytest.mark.parametrize("output", ["pixels", "cells"])
 @pytest.mark.parametrize("name", STUDENTS.names())
-def test_student_forward_backward(name):
+def test_student_forward_backward(name, output):
     torch.manual_seed(0)
-    cfg = load_config([f"student={name}", *SMALL.get(name, [])])
+    cfg = load_config([f"student={name}", f"student.output={output}", *SMALL.get(name, [])])
     size = (40, 56)  # not a multiple of the patch size or the backbone stride
     model = create_student(cfg.student, size)
     out = model(torch.rand(2, 3, *size))
@@ -104,6 +105,30 @@ def test_head_sub_pixel_layout_matches_pixel_shuffle():
     x = torch.rand(1, 4, 1, 1)
     cell = head.point_mlp[:-1](head.lateral["4"](x)).view(3, 4, 4)
     assert torch.allclose(head(x, (4, 4))[0], cell)
+
+
+def test_head_per_cell_interpolates_between_cell_centres():
+    """``output=cells``: one point per cell, seen at the cell's centre; a pixel takes the bilinear mix of the four
+    nearest centres (computed here by hand), the border cells' points beyond the outer centres."""
+    torch.manual_seed(0)
+    s = 4
+    head = ConvHead(8, s, width=8, hidden=16, out_stride=s, per_cell=True)
+    cells = []
+    head.point_mlp.register_forward_hook(lambda mod, inp, out: cells.append(out))
+    out = head(torch.rand(1, 8, 3, 5), (12, 20))[0]
+    cell = cells[0][0]  # (3, 3, 5): one point per cell
+    assert cell.shape == (3, 3, 5) and out.shape == (3, 12, 20)
+
+    def by_hand(y: int, x: int) -> torch.Tensor:
+        v, u = (y - (s - 1) / 2) / s, (x - (s - 1) / 2) / s  # in cell units, cell centres at integers
+        v, u = min(max(v, 0.0), 2.0), min(max(u, 0.0), 4.0)
+        i, j = min(int(v), 1), min(int(u), 3)
+        a, b = v - i, u - j
+        return ((1 - a) * (1 - b) * cell[:, i, j] + (1 - a) * b * cell[:, i, j + 1] + a * (1 - b) * cell[:, i + 1, j]
+                + a * b * cell[:, i + 1, j + 1])
+
+    for y, x in [(0, 0), (1, 2), (5, 9), (6, 13), (11, 19), (4, 17)]:
+        torch.testing.assert_close(out[:, y, x], by_hand(y, x))
 
 
 @pytest.mark.parametrize("head_stride", [1, 8])
