@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from lit3d import runs
 from lit3d.metrics.localization import summarize
+from lit3d.students.tta import TestTimeOptions
 from lit3d.sweeps.spec import SweepConfig
 from lit3d.sweeps.spec import from_yaml as sweep_from_yaml
 from lit3d.viz.pointcloud import subsample
@@ -116,15 +117,18 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", cache_dir: str | Pat
     return runs.open_run(run_dir, checkpoint, cache_dir)
 
 
-def predict_split(run: Run, split: str = "test", n_frames: int = 0) -> runs.Frames:
+def predict_split(run: Run, split: str = "test", n_frames: int = 0, tta: bool = True) -> runs.Frames:
     """The student's predictions on ``split`` frames (all, or ``n_frames`` evenly spaced) at its resolution, with
-    images, teacher labels, ground truth, K and true poses (:class:`lit3d.runs.Frames`)."""
+    images, teacher labels, ground truth, K and true poses (:class:`lit3d.runs.Frames`); with ``tta`` averaged
+    over ``evaluate``'s default copies of each image (:class:`lit3d.students.tta.TestTimeOptions`), as it
+    localizes."""
     names = run.cache.split.get(split) or []
     if not names:
         raise ValueError(f"the label cache {run.cache.root} has no {split!r} frames")
     idx = range(len(names)) if n_frames <= 0 else np.unique(np.linspace(0, len(names) - 1, n_frames).round())
     batch = int(run.config.get("loader", {}).get("batch_size", 8))
-    return runs.load_frames(run.cache, [names[int(i)] for i in idx], run.module, batch)
+    return runs.load_frames(run.cache, [names[int(i)] for i in idx], run.module, batch,
+                            tta=TestTimeOptions(tta=tta))
 
 
 def point_errors(run: Run, frames: runs.Frames) -> "pd.DataFrame":

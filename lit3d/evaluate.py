@@ -2,8 +2,8 @@
 
 Scores a trained student on the test frames of its label cache: point errors against the teacher's labels and,
 where the scene has depth and poses, of teacher and student against the ground truth; camera localization by
-PnP-RANSAC from the student's points and, as the reference, from the teacher's labels (settings chosen on the
-validation frames with ``tune=true``); how far each test frame is from the training cameras (``gen/*``,
+PnP-RANSAC from the student's points (averaged over rolled and zoomed copies of each image, ``tta``) and, as the
+reference, from the teacher's labels (settings chosen on the validation frames with ``tune=true``); how far each test frame is from the training cameras (``gen/*``,
 :mod:`lit3d.metrics.coverage`). Writes into the run directory: ``metrics.json`` (fit's keys kept; ``eval/*``,
 ``loc/*``, ``loc_teacher/*``, ``gen/*``, ``export/*`` replaced), ``eval_frames.csv`` (one row per frame),
 ``eval_tuning.csv`` (with ``tune=true``), figures (``eval_frames.png``, ``eval_loc_cdf_t.png``,
@@ -34,6 +34,7 @@ from lit3d.runs import (Frames, checkpoint_path, default_reprojection_px, labels
                         merge_metrics, nearest_rigid, point_errors, pose_to_gt, resolve_device, run_config, write_csv)
 from lit3d.students.checkpoints import CheckpointFileError
 from lit3d.students.module import StudentModule
+from lit3d.students.tta import TestTimeOptions
 
 __all__ = ["EvalOptions", "evaluate_run", "labels_to_gt", "main", "nearest_rigid", "parse_args", "pose_to_gt",
            "run_config"]
@@ -45,7 +46,7 @@ EVAL_PREFIXES = ("eval/", "loc/", "loc_teacher/", "gen/")
 
 
 @dataclass
-class EvalOptions:
+class EvalOptions(TestTimeOptions):
     checkpoint: str = "best"
     """best (falls back to last.ckpt when the run had no validation), last, or a .ckpt path."""
     split: str = "test"
@@ -84,14 +85,14 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
         raise ValueError(f"label cache {cache.root} has no {opt.split!r} frames")
     info = cache.labels_info
     log.info("evaluating %s (%s) on %d %s frames of %s", run_dir, ckpt.name, len(names), opt.split, cache.root)
-    fr = load_frames(cache, names, module, cfg.loader.batch_size, device)
+    fr = load_frames(cache, names, module, cfg.loader.batch_size, device, tta=opt)
     check_finite_predictions(fr, ckpt, opt.split)
     S_44, alignment = (labels_to_gt(cache, cache.split.get("train") or names) if fr.gt_valid_NHW.any()
                        else (None, "none (no depth and poses)"))
     loc = {"reprojection_px": opt.reprojection_px or default_reprojection_px(size[1]), "iterations": 1000,
            "refine": True}
     if opt.tune:
-        loc = tune_localization(run_dir, cache, module, cfg.loader.batch_size, device, S_44)
+        loc = tune_localization(run_dir, cache, module, cfg.loader.batch_size, device, S_44, opt)
     else:
         (run_dir / "eval_tuning.csv").unlink(missing_ok=True)  # a stale table would not describe these settings
     err_rows, metrics = point_errors(fr, S_44)
@@ -111,7 +112,8 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
     metrics.update({
         "eval/checkpoint": str(ckpt), "eval/split": opt.split, "eval/n_frames": float(len(names)),
         "eval/reprojection_px": loc["reprojection_px"], "eval/ransac_iterations": float(loc["iterations"]),
-        "eval/refine": loc["refine"], "eval/tuned": opt.tune, "eval/student_ms_per_image": fr.ms_per_image,
+        "eval/refine": loc["refine"], "eval/tuned": opt.tune, "eval/tta_views": float(opt.views()),
+        "eval/student_ms_per_image": fr.ms_per_image,
         "eval/device": str(device), "eval/gt_alignment": alignment, "eval/labels_frame": info.get("frame"),
         "eval/labels_unit": info.get("unit"),
     })
@@ -170,13 +172,14 @@ def check_finite_metrics(metrics: dict, ckpt: Path) -> None:
 
 
 def tune_localization(run_dir: Path, cache: LabelCache, module: StudentModule, batch_size: int, device,
-                      S_44: np.ndarray | None) -> dict:
+                      S_44: np.ndarray | None, tta: TestTimeOptions | None = None) -> dict:
     """Localization settings (``reprojection_px``, ``iterations``, ``refine``) chosen on the validation frames from
-    :func:`tuning_grid` by :func:`choose_setting`; writes ``eval_tuning.csv`` and logs the table."""
+    :func:`tuning_grid` by :func:`choose_setting` (their points predicted as the evaluated split's, ``tta``);
+    writes ``eval_tuning.csv`` and logs the table."""
     names = cache.split.get("val") or []
     if not names:
         raise ValueError(f"tune=true needs validation frames, and label cache {cache.root} has none (data.val_every)")
-    fr = load_frames(cache, names, module, batch_size, device)
+    fr = load_frames(cache, names, module, batch_size, device, tta=tta)
     if S_44 is None or not np.all(np.isfinite(fr.cam2world_N44)):
         raise ValueError("tune=true needs true poses of the validation frames (the scene has no depth and poses)")
     table = []

@@ -2,8 +2,9 @@
 
 QUERY: image files (jpg, jpeg, png), folders of them, or text files listing image paths (one a line, relative to
 the list). Each photo is read with its EXIF orientation, resized to the student's input with its intrinsics
-scaled, predicted in batches, and localized by PnP + RANSAC with ``lit3d evaluate``'s settings (inlier
-threshold 10 px at 640 px width scaled to the student's, 1000 iterations, LM refinement). Intrinsics, at the
+scaled, predicted in batches (averaged over rolled and zoomed copies of each photo, ``tta``, as ``lit3d
+evaluate`` does), and localized by PnP + RANSAC with ``lit3d evaluate``'s settings (inlier threshold 10 px at 640
+px width scaled to the student's, 1000 iterations, LM refinement). Intrinsics, at the
 photo's own size: ``intrinsics=K.txt`` (one 3x3 matrix for every photo), a per-image list (``NAME fx fy cx cy``
 a line), a COLMAP ``cameras.txt`` (one camera, or several with ``images.txt`` beside it), or ``hfov_deg=``.
 
@@ -36,6 +37,7 @@ from lit3d.data.io import image_size, read_rgb, resize_rgb
 from lit3d.geometry import invert_pose, project, scale_intrinsics, transform_points
 from lit3d.metrics.localization import localize as pnp_ransac
 from lit3d.runs import checkpoint_path, default_reprojection_px, predict, read_metrics, resolve_device, run_config
+from lit3d.students.tta import TestTimeOptions
 
 log = logging.getLogger("lit3d.localize")
 
@@ -43,7 +45,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 @dataclass
-class LocalizeOptions:
+class LocalizeOptions(TestTimeOptions):
     intrinsics: str = ""
     """K.txt (3x3 for every query), a per-image list (NAME fx fy cx cy, or NAME and 9 numbers), or a COLMAP
     cameras.txt; pixels of the photo as stored after its EXIF orientation."""
@@ -124,13 +126,15 @@ class PointmapModel:
 
 
 def load_model(source: str | Path | torch.nn.Module, checkpoint: str = "best", device: str = "auto",
-               labels_info: dict | None = None) -> PointmapModel:
+               labels_info: dict | None = None, tta: TestTimeOptions | None = None) -> PointmapModel:
     """A run directory, an exported ``.onnx`` / ``.ts`` student, or a module (a StudentModule, or any module
-    mapping images in [0, 1] to world points with ``hparams.img_size``; ``labels_info`` gives its frame/unit)."""
+    mapping images in [0, 1] to world points with ``hparams.img_size``; ``labels_info`` gives its frame/unit);
+    its points averaged over ``tta``'s copies of each image when that is given and on."""
+    wrap = tta.wrap if tta else (lambda m: m)
     if isinstance(source, torch.nn.Module):
-        dev = resolve_device(device)
+        dev, net = resolve_device(device), wrap(source)
         info = labels_info or {}
-        return PointmapModel(lambda x: predict(source, x, len(x), dev, warmup=False)[0],
+        return PointmapModel(lambda x: predict(net, x, len(x), dev, warmup=False)[0],
                              tuple(source.hparams.img_size), info.get("frame", "unknown"), info.get("unit", "unknown"),
                              "torch", type(source).__name__)
     path = Path(source)
@@ -141,7 +145,7 @@ def load_model(source: str | Path | torch.nn.Module, checkpoint: str = "best", d
         module = StudentModule.load(ckpt).eval()
         metrics = read_metrics(path)
         info = {"frame": metrics.get("labels/frame", "unknown"), "unit": metrics.get("labels/unit", "unknown")}
-        model = load_model(module, device=device, labels_info=info)
+        model = load_model(module, device=device, labels_info=info, tta=tta)
         model.source, model.batch_size = str(ckpt), run_config(path).loader.batch_size
         return model
     if path.suffix in (".onnx", ".ts", ".pt") and path.is_file():
@@ -152,29 +156,31 @@ def load_model(source: str | Path | torch.nn.Module, checkpoint: str = "best", d
             raise ValueError(f"{path}: no lit3d metadata (input size, frame, unit); re-export it with lit3d evaluate")
         hw = (int(meta["input_height"]), int(meta["input_width"]))
         if path.suffix == ".onnx":
-            forward = _onnx_forward(path)
-            runtime = "onnxruntime"
+            net, runtime = wrap(_OnnxStudent(path)), "onnxruntime"
         else:
-            ts = torch.jit.load(str(path), map_location="cpu").eval()
-            forward, runtime = (lambda x: predict(ts, x, len(x), "cpu", warmup=False)[0]), "torchscript"
-        return PointmapModel(forward, hw, meta.get("frame", "unknown"), meta.get("unit", "unknown"), runtime, str(path))
+            net, runtime = wrap(torch.jit.load(str(path), map_location="cpu").eval()), "torchscript"
+        return PointmapModel(lambda x: predict(net, x, len(x), "cpu", warmup=False)[0], hw,
+                             meta.get("frame", "unknown"), meta.get("unit", "unknown"), runtime, str(path))
     raise FileNotFoundError(f"{source}: neither a run directory nor an exported student (.onnx, .ts)")
 
 
-def _onnx_forward(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    from lit3d.config import MissingPackageError
+class _OnnxStudent(torch.nn.Module):
+    """An exported .onnx student run by ONNX Runtime (CPU) behind the modules' contract: images (B, 3, h, w) in
+    [0, 1] -> world points (B, 3, h, w), so test-time augmentation wraps it as any module."""
 
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise MissingPackageError("running an .onnx student needs onnxruntime (pip install onnxruntime)") from None
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    def __init__(self, path: Path):
+        super().__init__()
+        from lit3d.config import MissingPackageError
 
-    def forward(images_NHW3: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(images_NHW3.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)
-        return session.run(["pointmap"], {"image": x})[0].transpose(0, 2, 3, 1)
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise MissingPackageError("running an .onnx student needs onnxruntime (pip install onnxruntime)") from None
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
-    return forward
+    def forward(self, img_B3HW: torch.Tensor) -> torch.Tensor:
+        x = np.ascontiguousarray(img_B3HW.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(["pointmap"], {"image": x})[0])
 
 
 # --- queries and intrinsics ---------------------------------------------------------------------------------------
@@ -269,15 +275,17 @@ def _intrinsics_file(path: Path, names: list[str], sizes: list[tuple[int, int]])
 def localize(run_or_model, images: Sequence[str | Path | np.ndarray] | str | Path, K=None, hfov_deg: float = 0.0,
              checkpoint: str = "best", batch_size: int = 0, reprojection_px: float = 0.0, iterations: int = 1000,
              refine: bool = True, device: str = "auto", keep_points: bool = False, progress: bool = False,
-             names: Sequence[str] | None = None) -> list[PoseResult]:
+             names: Sequence[str] | None = None, tta: TestTimeOptions | None = None) -> list[PoseResult]:
     """Camera-to-world poses of ``images`` (paths, or uint8 RGB arrays as they are after EXIF orientation) from a
-    run directory, an exported student (.onnx / .ts) or a :class:`PointmapModel`.
+    run directory, an exported student (.onnx / .ts) or a :class:`PointmapModel` (test-time augmentation:
+    ``tta``, default ``TestTimeOptions()``, on; a PointmapModel keeps what :func:`load_model` gave it).
 
     ``K``: intrinsics at each image's own size (see :func:`query_intrinsics`). A query without a pose is reported
     by its ``status``; unreadable images and missing or singular intrinsics raise (one-line) errors before any
     work starts.
     """
-    model = run_or_model if isinstance(run_or_model, PointmapModel) else load_model(run_or_model, checkpoint, device)
+    model = (run_or_model if isinstance(run_or_model, PointmapModel)
+             else load_model(run_or_model, checkpoint, device, tta=TestTimeOptions() if tta is None else tta))
     if isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim == 3):
         images = [images]
     paths = [im for im in images if not isinstance(im, np.ndarray)]
@@ -388,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         if not queries:
             raise ValueError(f"no query images; usage: {USAGE}")
         paths = expand_queries(queries)
-        model = load_model(source, opt.checkpoint, opt.device)
+        model = load_model(source, opt.checkpoint, opt.device, tta=opt)
         results = localize(model, paths, opt.intrinsics or None, opt.hfov_deg, batch_size=opt.batch_size,
                            reprojection_px=opt.reprojection_px, iterations=opt.iterations, refine=opt.refine,
                            keep_points=opt.ply, progress=True, names=_unique_names(paths))
@@ -396,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(opt.out) if opt.out else (src / "localize" if src.is_dir() else src.parent / "localize")
         settings = {"reprojection_px": opt.reprojection_px or default_reprojection_px(model.input_hw[1]),
                     "iterations": opt.iterations, "refine": opt.refine, "intrinsics": opt.intrinsics,
-                    "hfov_deg": opt.hfov_deg}
+                    "hfov_deg": opt.hfov_deg, "tta_views": opt.views()}
         files = write_results(out, results, model, settings, opt.ply)
         lat = latency_summary(results)
         log.info("%d / %d localized; %.1f ms p50, %.1f ms p95 per image (student + PnP), %.1f images/s -> %s",

@@ -35,6 +35,7 @@ from lit3d.metrics.localization import localize, pose_errors, summarize
 from lit3d.metrics.pointmap import error_summary
 from lit3d.students.checkpoints import REFINED_FROM, current_hash, load_checkpoint
 from lit3d.students.module import StudentModule
+from lit3d.students.tta import TestTimeOptions
 
 log = logging.getLogger(__name__)
 
@@ -412,8 +413,9 @@ class Frames:
 
 
 def load_frames(cache: LabelCache, names: list[str], module: StudentModule, batch_size: int,
-                device: torch.device | str = "cpu") -> Frames:
-    """Frames ``names`` of ``cache`` resized to the student's input, predicted by ``module``."""
+                device: torch.device | str = "cpu", tta: TestTimeOptions | None = None) -> Frames:
+    """Frames ``names`` of ``cache`` resized to the student's input, predicted by ``module`` (averaged over
+    ``tta``'s copies of each image when it is given and on)."""
     size = tuple(module.hparams.img_size)
     labels = [cache.load_frame(n) for n in names]
     frames = [resize_frame(f, size) for f in labels]
@@ -423,7 +425,7 @@ def load_frames(cache: LabelCache, names: list[str], module: StudentModule, batc
         if gt is not None:
             gt_NHW3[i], gt_valid_NHW[i] = gt
     images_NHW3 = np.stack([f["image"] for f in frames])
-    student_NHW3, ms = predict(module, images_NHW3, batch_size, device)
+    student_NHW3, ms = predict(tta.wrap(module) if tta else module, images_NHW3, batch_size, device)
     return Frames(
         names=list(names), images_NHW3=images_NHW3, valid_NHW=np.stack([f["valid"] for f in frames]),
         teacher_NHW3=np.stack([f["pts_world"] for f in frames]).astype(np.float64), student_NHW3=student_NHW3,

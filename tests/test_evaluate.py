@@ -152,6 +152,11 @@ def test_evaluate_a_tiny_run(tiny_cfg, caplog, monkeypatch):
     assert min(ratios[1::2]) == metrics["gen/depth_ratio_min"] < 0.8 and 0.8 < min(ratios[::2])
     assert metrics["gen/depth_ratio_max"] == max(ratios) <= 1.05
     assert (metrics["eval/ransac_iterations"], metrics["eval/refine"], metrics["eval/tuned"]) == (1000, True, False)
+    # points averaged over 9 rolled / zoomed copies by default; tta=false is the single forward of the student
+    assert metrics["eval/tta_views"] == 9
+    single = evaluate_run(run, options=EvalOptions(tta=False, exports=False, figure_frames=1))
+    assert single["eval/tta_views"] == 1
+    assert single["eval/student_vs_teacher/l2_mean"] != metrics["eval/student_vs_teacher/l2_mean"]
 
     # a re-run without exports keeps the export keys and replaces the rest
     again = evaluate_run(run, options=EvalOptions(checkpoint="last", exports=False, figure_frames=1))
@@ -163,7 +168,7 @@ def test_evaluate_a_tiny_run(tiny_cfg, caplog, monkeypatch):
     loaded = []
     real_load_frames = lit3d.evaluate.load_frames
     monkeypatch.setattr(lit3d.evaluate, "load_frames",
-                        lambda c, n, *a: loaded.append(list(n)) or real_load_frames(c, n, *a))
+                        lambda c, n, *a, **kw: loaded.append(list(n)) or real_load_frames(c, n, *a, **kw))
     with caplog.at_level(logging.INFO, logger="lit3d.evaluate"):
         tuned = evaluate_run(run, options=EvalOptions(tune=True, exports=False, figure_frames=1))
     val = build_labels(run_config(run))[0].split["val"]

@@ -19,6 +19,7 @@ from lit3d.cameras import CameraFileError, read_colmap_cameras, read_hloc_poses,
 from lit3d.export import export_onnx, student_metadata
 from lit3d.geometry import backproject_depth, look_at, scale_intrinsics, transform_points
 from lit3d.localize import PointmapModel, PoseResult, load_model, main, query_intrinsics, write_results
+from lit3d.students.tta import TestTimeOptions
 
 K_NATIVE = np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]])
 INPUT_HW = (24, 32)
@@ -196,8 +197,9 @@ def test_onnx_runtime_gives_the_pytorch_poses(tmp_path):
     export_onnx(net, torch.rand(2, 3, *INPUT_HW), tmp_path / "plane.onnx",
                 metadata=student_metadata(net, {"frame": "dataset", "unit": "m"}))
     photos = [_photo(tmp_path / f"q{k}.png", v) for k, v in enumerate((0, 51, 255))]
-    eager = lit3d.localize(load_model(net, labels_info={"frame": "dataset", "unit": "m"}), photos, K_NATIVE)
-    onnx = lit3d.localize(tmp_path / "plane.onnx", photos, K_NATIVE)
+    info = {"frame": "dataset", "unit": "m"}
+    eager = lit3d.localize(load_model(net, labels_info=info), photos, K_NATIVE)
+    onnx = lit3d.localize(tmp_path / "plane.onnx", photos, K_NATIVE, tta=TestTimeOptions(tta=False))
     assert load_model(tmp_path / "plane.onnx").runtime == "onnxruntime"
     for a, b, v in zip(eager, onnx, (0, 51, 255)):
         assert a.ok and b.ok
@@ -205,6 +207,16 @@ def test_onnx_runtime_gives_the_pytorch_poses(tmp_path):
         expected[0, 3] += v / 255
         np.testing.assert_allclose(a.cam2world_44, expected, atol=1e-4)
         np.testing.assert_allclose(b.cam2world_44, a.cam2world_44, atol=1e-5)  # the stated ONNX tolerance
+    # test-time augmentation (on by default) runs the ONNX student as it runs the module: the same averaged points.
+    # This "student" draws its plane by pixel position, not by content, so its rolled and zoomed copies disagree:
+    # the points move off the plane (and RANSAC's pose with them, by amounts too chaotic to compare)
+    eager = lit3d.localize(load_model(net, labels_info=info, tta=TestTimeOptions()), photos, K_NATIVE,
+                           keep_points=True)
+    onnx = lit3d.localize(tmp_path / "plane.onnx", photos, K_NATIVE, keep_points=True)
+    plain = lit3d.localize(load_model(net, labels_info=info), photos, K_NATIVE, keep_points=True)
+    for a, b, c in zip(eager, onnx, plain):
+        np.testing.assert_allclose(b.points_HW3, a.points_HW3, atol=1e-5)
+        assert np.abs(a.points_HW3 - c.points_HW3).max() > 1e-3
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,7 +243,7 @@ def test_localize_the_kitchen_sample_like_evaluate(tmp_path, caplog):
     evaluate_run(run, options=EvalOptions(exports=False, figure_frames=1))
     cache, _ = build_labels(run_config(run))
     names = cache.split["test"]
-    fr = load_frames(cache, names, load_student(run), run_config(run).loader.batch_size)
+    fr = load_frames(cache, names, load_student(run), run_config(run).loader.batch_size, tta=TestTimeOptions())
     _, _, poses = localize_frames(fr, np.eye(4), default_reprojection_px(64), who=("student",))
 
     (tmp_path / "queries.txt").write_text("".join(f"{SAMPLE / n}.color.jpg\n" for n in names))

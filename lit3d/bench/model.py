@@ -153,22 +153,27 @@ def bench_students(specs: list[str], hw: tuple[int, int], batch: int, device: to
     return rows
 
 
-def bench_localize(source: str, queries: list[str], intrinsics: str, hfov_deg: float) -> dict[str, float]:
+def bench_localize(source: str, queries: list[str], intrinsics: str, hfov_deg: float) -> list[dict]:
     """End-to-end ``lit3d localize`` per photo (read, resize, student, PnP + RANSAC): p50 / p95 ms, images/s,
-    after one warm-up pass."""
+    after one warm-up pass; with one forward per photo and with test-time augmentation (its default), side by side."""
     import lit3d.localize as loc
+    from lit3d.students.tta import TestTimeOptions
 
-    model = loc.load_model(source)
-    paths = loc.expand_queries(queries)
-    loc.localize(model, paths[: model.batch_size], intrinsics or None, hfov_deg)  # warm-up
-    t0 = time.perf_counter()
-    results = loc.localize(model, paths, intrinsics or None, hfov_deg)
-    wall = time.perf_counter() - t0
-    out = {"source": model.source, "runtime": model.runtime, "images": len(results),
-           "localized": sum(r.ok for r in results), **loc.latency_summary(results),
-           "wall_images_per_s": len(results) / wall,
-           "photo_size": "x".join(map(str, results[0].image_size[::-1])) if results else ""}
-    log.info("localize: %(p50_ms).1f ms p50, %(p95_ms).1f ms p95 per image, %(wall_images_per_s).1f images/s", out)
+    out = []
+    for tta in (TestTimeOptions(tta=False), TestTimeOptions()):
+        model = loc.load_model(source, tta=tta)
+        paths = loc.expand_queries(queries)
+        loc.localize(model, paths[: model.batch_size], intrinsics or None, hfov_deg)  # warm-up
+        t0 = time.perf_counter()
+        results = loc.localize(model, paths, intrinsics or None, hfov_deg)
+        wall = time.perf_counter() - t0
+        row = {"source": model.source, "runtime": model.runtime, "tta_views": tta.views(), "images": len(results),
+               "localized": sum(r.ok for r in results), **loc.latency_summary(results),
+               "wall_images_per_s": len(results) / wall,
+               "photo_size": "x".join(map(str, results[0].image_size[::-1])) if results else ""}
+        log.info("localize (%(tta_views)d views): %(p50_ms).1f ms p50, %(p95_ms).1f ms p95 per image, "
+                 "%(wall_images_per_s).1f images/s", row)
+        out.append(row)
     return out
 
 
@@ -271,8 +276,9 @@ def run(argv: list[str]) -> tuple[list[Row], list[tuple[str, float]]]:
     return measure(parse_args(argv))[:2]
 
 
-def measure(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, float]], dict]:
-    """Model rows, input-pipeline rates and end-to-end localization latency ({} without --localize)."""
+def measure(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, float]], list[dict]]:
+    """Model rows, input-pipeline rates and end-to-end localization latency without and with test-time
+    augmentation ([] without --localize)."""
     if args.localize and len(args.localize) < 2:
         raise ValueError("--localize needs a run directory (or exported student) and at least one query")
     if args.threads:
@@ -289,7 +295,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, float]
             r.mac_ratio = teacher.gmac / r.gmac
         rows.append(teacher)
     rates = [] if args.no_data else bench_data(args.students, args.data, args.data_seconds)
-    loc = bench_localize(args.localize[0], args.localize[1:], args.intrinsics, args.hfov_deg) if args.localize else {}
+    loc = bench_localize(args.localize[0], args.localize[1:], args.intrinsics, args.hfov_deg) if args.localize else []
     if args.json:
         from lit3d.files import atomic_write_bytes
 
@@ -308,7 +314,10 @@ def main(argv: list[str]) -> None:
     if rates:
         print()
         print(format_data_table(rates))
-    if loc:
-        print(f"\nlocalize {loc['source']} ({loc['runtime']}), {loc['images']} photos of {loc['photo_size']}: "
-              f"{loc['p50_ms']:.1f} ms p50, {loc['p95_ms']:.1f} ms p95 per image (student + PnP), "
-              f"{loc['wall_images_per_s']:.1f} images/s end to end, {loc['localized']} localized")
+    for row in loc:
+        print(f"\nlocalize {row['source']} ({row['runtime']}, {row['tta_views']} views per photo), {row['images']} "
+              f"photos of {row['photo_size']}: {row['p50_ms']:.1f} ms p50, {row['p95_ms']:.1f} ms p95 per image "
+              f"(student + PnP), {row['wall_images_per_s']:.1f} images/s end to end, {row['localized']} localized")
+    if len(loc) == 2:
+        print(f"test-time augmentation costs {loc[1]['p50_ms'] / loc[0]['p50_ms']:.2f}x the single forward's time "
+              f"per photo (p50)")

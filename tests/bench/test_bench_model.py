@@ -1,5 +1,6 @@
 """``lit3d bench model`` on tiny settings: the table's structure, not its timings."""
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -61,5 +62,37 @@ def test_runtimes_side_by_side_and_json(tmp_path):
     assert [r.name for r in rows] == [f"student {STUDENTS[0]} [{rt}]" for rt in ("eager", "torchscript", "onnxruntime")]
     assert rates == [] and all(r.p50_ms > 0 for r in rows) and len({r.gmac for r in rows}) == 1
     table = json.loads(out.read_text())
-    assert [m["name"] for m in table["models"]] == [r.name for r in rows] and table["localize"] == {}
+    assert [m["name"] for m in table["models"]] == [r.name for r in rows] and table["localize"] == []
     assert table["models"][0]["p50_ms"] == rows[0].p50_ms
+
+
+class _Plane(torch.nn.Module):
+    """An exportable stand-in student: the same tilted plane of world points for every image (a valid PnP input)."""
+
+    def __init__(self, hw=(24, 32)):
+        super().__init__()
+        v, u = torch.meshgrid(torch.arange(hw[0], dtype=torch.float32), torch.arange(hw[1], dtype=torch.float32),
+                              indexing="ij")
+        z = 2 + 0.3 * u / hw[1] + 0.2 * v / hw[0]
+        self.register_buffer("pts_3HW", torch.stack([(u - hw[1] / 2) / 30 * z, (v - hw[0] / 2) / 30 * z, z]))
+        self.hparams = SimpleNamespace(img_size=hw, student={"name": "plane"})
+
+    def forward(self, img_B3HW):
+        return self.pts_3HW[None] + 0 * img_B3HW  # batch-sized by broadcasting, so tracing keeps it dynamic
+
+
+def test_bench_localize_times_one_forward_and_test_time_augmentation(tmp_path):
+    """``--localize`` measures both ways of predicting, side by side in one run."""
+    from PIL import Image
+
+    from lit3d.bench.model import bench_localize
+    from lit3d.export import export_torchscript, student_metadata
+
+    net = _Plane()
+    export_torchscript(net, torch.rand(2, 3, 24, 32), tmp_path / "plane.ts",
+                       metadata=student_metadata(net, {"frame": "dataset", "unit": "m"}))
+    for k in range(3):
+        Image.fromarray((torch.rand(48, 64, 3) * 255).byte().numpy()).save(tmp_path / f"q{k}.png")
+    rows = bench_localize(str(tmp_path / "plane.ts"), [str(tmp_path)], "", 60.0)
+    assert [r["tta_views"] for r in rows] == [1, 9] and all(r["images"] == 3 for r in rows)
+    assert all(r["p50_ms"] > 0 and r["runtime"] == "torchscript" for r in rows)

@@ -1,0 +1,112 @@
+"""Test-time augmentation: the copies' warps are the training augmentation's cameras, predictions come back to the
+pixels they belong to, and only pixels a copy really shows are averaged."""
+import math
+
+import pytest
+import torch
+
+from lit3d.cache.augment import Warp, warp_camera
+from lit3d.config import load_config
+from lit3d.students import create_student
+from lit3d.students.tta import TestTimeAugmentation, TestTimeOptions, similarity_warps, warp_matrix
+
+
+class PerPixelLinear(torch.nn.Module):
+    """A 'student' whose world point at a pixel is a linear function of that pixel's colour only."""
+
+    def forward(self, img_B3HW: torch.Tensor) -> torch.Tensor:
+        r, g, b = img_B3HW.unbind(1)
+        return torch.stack([2 * r + g, g - b, 3 * b + 1], 1)
+
+
+def ramp_images(h: int, w: int) -> torch.Tensor:
+    """Two images whose colours are affine in the pixel position: bilinear resampling reproduces them exactly."""
+    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    img = torch.stack([u / w, v / h, (u + v) / (h + w)])
+    return torch.stack([img, img.flip(-1)])
+
+
+@pytest.mark.parametrize("rotations,scales", [((-10.0, 0.0, 10.0), (0.85, 1.0, 1.18)), ((-30.0, 25.0), (0.5, 2.0))])
+def test_a_student_that_follows_the_image_content_is_unchanged(rotations, scales):
+    """Each copy's prediction, read back where the original pixel went, is that pixel's own prediction: only the
+    right inverse warp and sampling back at the forward one give the plain output (to float precision) everywhere,
+    border pixels included (copies whose neighbourhood there is padding must be left out)."""
+    img = ramp_images(24, 40)
+    model = PerPixelLinear()
+    out = TestTimeAugmentation(model, rotations, scales)(img)
+    assert out.shape == (2, 3, 24, 40)
+    torch.testing.assert_close(out, model(img), atol=2e-6, rtol=0)
+
+
+def test_the_copies_are_the_training_augmentations_rolled_and_zoomed_cameras():
+    """For square pixels and the principal point at the image centre, a copy's pixel map is K' R_z K^-1 of
+    lit3d.cache.augment (the camera the training views were made with)."""
+    h, w, f = 30, 44, 37.0
+    K_33 = torch.tensor([[f, 0, (w - 1) / 2], [0, f, (h - 1) / 2], [0, 0, 1]], dtype=torch.float64)
+    for angle_deg, scale in [(10.0, 1.0), (-10.0, 0.85), (23.0, 1.4)]:
+        angle = math.radians(angle_deg)
+        _, _, A_33 = warp_camera(K_33, torch.eye(4, dtype=torch.float64), Warp(angle=angle, scale=scale))
+        torch.testing.assert_close(warp_matrix(angle, scale, (h, w)), A_33, atol=1e-12, rtol=0)
+
+
+def test_only_pixels_a_copy_shows_are_averaged():
+    """A copy rolled by 10 deg loses the corners and keeps the centre; a zoom-in loses the border; the average at a
+    pixel divides by the copies that see it (here a student that returns each copy's index shows the counts)."""
+    h, w = 24, 32
+    tta = TestTimeAugmentation(torch.nn.Identity(), (-10.0, 0.0, 10.0), (1.0, 1.3))
+    _, _, seen_V1HW = tta.grids((h, w))
+    assert [tta.warps[k + 1] for k in range(len(seen_V1HW))] == tta.warps[1:]
+    for k, (angle, scale) in enumerate(tta.warps[1:]):
+        assert seen_V1HW[k, 0, h // 2, w // 2] == 1
+        assert seen_V1HW[k, 0, 0, 0] == 0 and seen_V1HW[k, 0, -1, -1] == 0
+        if scale > 1:
+            assert seen_V1HW[k, 0, 0, w // 2] == 0 and seen_V1HW[k, 0, h // 2, 0] == 0
+
+    class CopyIndex(torch.nn.Module):  # the B x (1 + V) forward: originals first, then copy v of image b at v*B+b
+        def forward(self, img):
+            n = torch.arange(len(img), dtype=torch.float32) // 2  # B = 2: 0 for the originals, v + 1 for copy v
+            return n[:, None, None, None].expand(len(img), 3, *img.shape[-2:]).clone()
+
+    tta.model = CopyIndex()
+    out = tta(torch.rand(2, 3, h, w))
+    V = len(tta.warps) - 1
+    index = torch.arange(1, V + 1, dtype=torch.float32)[:, None, None]
+    expected = (index * seen_V1HW[:, 0]).sum(0) / (1 + seen_V1HW[:, 0].sum(0))
+    for b in range(2):
+        for c in range(3):
+            torch.testing.assert_close(out[b, c], expected)
+
+
+def test_views_options_and_bad_values():
+    assert TestTimeOptions().views() == 9 and TestTimeOptions(tta=False).views() == 1
+    assert TestTimeOptions(tta_rotations_deg=[0], tta_scales=[1]).views() == 1
+    assert similarity_warps([0, 5], [1]) == [(0.0, 1.0), (math.radians(5), 1.0)]  # the identity once, first
+    model = PerPixelLinear()
+    assert TestTimeOptions(tta=False).wrap(model) is model
+    assert isinstance(TestTimeOptions().wrap(model), TestTimeAugmentation)
+    for rotations, scales, key in [([], [1.0], "tta_rotations_deg"), ([0.0], [], "tta_scales"),
+                                   ([0.0], [0.0], "tta_scales"), ([0.0], [-1.0], "tta_scales"),
+                                   ([math.nan], [1.0], "tta_rotations_deg")]:
+        with pytest.raises(ValueError, match=f"test-time augmentation: .*{key}"):
+            TestTimeOptions(tta_rotations_deg=rotations, tta_scales=scales)  # fails where options are read
+
+
+def test_bad_options_are_one_line_errors_of_the_commands(caplog):
+    from lit3d.evaluate import main as evaluate
+    from lit3d.localize import main as localize
+
+    for command, argv, message in [(evaluate, ["some_run", "tta_scales=0,1"], "tta_scales must be positive"),
+                                   (localize, ["some_run", "a.jpg", "tta_rotations_deg=[]"], "tta_rotations_deg"),
+                                   (evaluate, ["some_run", "tta=maybe"], "invalid value for 'tta'")]:
+        caplog.clear()
+        assert command(argv) == 2
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and message in errors[0] and "\n" not in errors[0]
+
+
+def test_a_real_student_under_tta_gives_finite_points_of_its_shape():
+    cfg = load_config(["student=mobilenetv3"])
+    net = create_student(cfg.student, (48, 64)).eval()
+    with torch.no_grad():
+        out = TestTimeAugmentation(net)(torch.rand(3, 3, 48, 64))
+    assert out.shape == (3, 3, 48, 64) and torch.isfinite(out).all()
