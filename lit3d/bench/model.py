@@ -159,10 +159,9 @@ def bench_localize(source: str, queries: list[str], intrinsics: str, hfov_deg: f
     import lit3d.localize as loc
     from lit3d.students.tta import TestTimeOptions
 
-    out = []
+    paths, out = loc.expand_queries(queries), []
     for tta in (TestTimeOptions(tta=False), TestTimeOptions()):
         model = loc.load_model(source, tta=tta)
-        paths = loc.expand_queries(queries)
         loc.localize(model, paths[: model.batch_size], intrinsics or None, hfov_deg)  # warm-up
         t0 = time.perf_counter()
         results = loc.localize(model, paths, intrinsics or None, hfov_deg)

@@ -95,28 +95,30 @@ class TestTimeAugmentation(nn.Module):
         super().__init__()
         self.model = model
         self.warps = similarity_warps(rotations_deg, scales)
-        self._grids: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._grids: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    def grids(self, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def grids(self, size: tuple[int, int], device: torch.device | str = "cpu"
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """For the V warps but the identity: (V, h, w, 2) grids that make the copies (a copy's pixel q reads the
         image at A^-1 q) and that read each copy's prediction back at A p, and (V, 1, h, w) masks of the original
         pixels each copy sees: those whose four neighbours at A p all show the image, not padding."""
-        if size not in self._grids:
+        key = (size, str(device))  # built once per input size and device, not copied to the device every batch
+        if key not in self._grids:
             mats = [warp_matrix(a, s, size) for a, s in self.warps[1:]]
             to_copy = torch.cat([_sample_grid(torch.linalg.inv(A), size) for A in mats]).float()
             back = torch.cat([_sample_grid(A, size) for A in mats]).float()
             ones = torch.ones(len(mats), 1, *size)
             shown = F.grid_sample(ones, to_copy, mode="bilinear", padding_mode="zeros", align_corners=True)
             seen = F.grid_sample(shown, back, mode="bilinear", padding_mode="zeros", align_corners=True)
-            self._grids[size] = (to_copy, back, (seen > 1 - 1e-4).float())
-        return self._grids[size]
+            self._grids[key] = tuple(g.to(device) for g in (to_copy, back, (seen > 1 - 1e-4).float()))
+        return self._grids[key]
 
     def forward(self, img_B3HW: torch.Tensor) -> torch.Tensor:
         B, _, H, W = img_B3HW.shape
         V = len(self.warps) - 1
         if V == 0:
             return self.model(img_B3HW)
-        to_copy_VHW2, back_VHW2, seen_V1HW = (g.to(img_B3HW.device) for g in self.grids((H, W)))
+        to_copy_VHW2, back_VHW2, seen_V1HW = self.grids((H, W), img_B3HW.device)
         copies = F.grid_sample(img_B3HW.repeat(V, 1, 1, 1), to_copy_VHW2.repeat_interleave(B, 0), mode="bilinear",
                                padding_mode="zeros", align_corners=True)
         pts_all = self.model(torch.cat([img_B3HW, copies])).float()
