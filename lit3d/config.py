@@ -75,6 +75,9 @@ class LoaderConfig:
     """Geometric augmentation: camera translation (each camera axis uniform in +- this fraction of the view's
     median label depth): the view is re-rendered from its labels with parallax (forward warping, nearest surface
     wins, disocclusions invalid); needs labels with depth. 0 = off."""
+    view_shift_prob: float = 1.0
+    """Geometric augmentation: fraction of training views whose camera ``view_shift`` moves (the others are only
+    rotated, scaled and shifted), so the student still sees the recorded viewpoints unmoved."""
     preload: str = "auto"
     """Hold every frame in memory at the student resolution (``true``), read each item from the cache when it is
     needed (``false``: caches larger than memory), or preload when the frames fit ``memory_budget_gb`` (``auto``)."""

@@ -44,11 +44,16 @@ class Augmentation:
     shift: float
     tilt_deg: float = 0.0
     view_shift: float = 0.0
+    view_shift_prob: float = 1.0
+    """Fraction of views that are moved (the rest keep their camera centre and are only warped)."""
 
     def __call__(self, item: dict[str, torch.Tensor], generator: torch.Generator | None = None
                  ) -> dict[str, torch.Tensor]:
-        """``item`` moved (when ``view_shift`` > 0), then rotated, tilted, scaled and shifted at random."""
-        if self.view_shift > 0:
+        """``item`` moved (when ``view_shift`` > 0, with probability ``view_shift_prob``), then rotated, tilted,
+        scaled and shifted at random."""
+        # the coin is drawn only when it can come up tails, so runs with every view moved keep their random numbers
+        if self.view_shift > 0 and (self.view_shift_prob >= 1
+                                    or torch.rand(1, generator=generator).item() < self.view_shift_prob):
             item = move_view(item, sample_move(self.view_shift, generator))
         size = tuple(item["image"].shape[-2:])
         return warp_view(item, sample_warp(self.rotation_deg, self.scale_range, self.shift, size, generator,

@@ -208,10 +208,11 @@ def geometric_augmentation(loader_cfg) -> Augmentation | None:
     if not (0 < lo <= hi) or c.rotation_deg < 0 or not 0 <= c.shift < 1:
         raise ValueError(f"loader.geometric: need rotation_deg >= 0, scale_range [min, max] with 0 < min <= max and "
                          f"0 <= shift < 1; got {c.rotation_deg}, {list(c.scale_range)}, {c.shift}")
-    if not 0 <= c.tilt_deg < 60 or not 0 <= c.view_shift < 1:
-        raise ValueError(f"loader.geometric: need 0 <= tilt_deg < 60 and 0 <= view_shift < 1; got tilt_deg "
-                         f"{c.tilt_deg}, view_shift {c.view_shift}")
-    return Augmentation(c.rotation_deg, (lo, hi), c.shift, c.tilt_deg, c.view_shift)
+    if not 0 <= c.tilt_deg < 60 or not 0 <= c.view_shift < 1 or not 0 <= c.view_shift_prob <= 1:
+        raise ValueError(f"loader.geometric: need 0 <= tilt_deg < 60, 0 <= view_shift < 1 and 0 <= view_shift_prob "
+                         f"<= 1; got tilt_deg {c.tilt_deg}, view_shift {c.view_shift}, view_shift_prob "
+                         f"{c.view_shift_prob}")
+    return Augmentation(c.rotation_deg, (lo, hi), c.shift, c.tilt_deg, c.view_shift, c.view_shift_prob)
 
 
 def memory_budget_bytes(loader_cfg) -> int:

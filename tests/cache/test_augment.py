@@ -193,7 +193,7 @@ def test_reprojection_loss_needs_poses_that_describe_the_labels():
 
 @pytest.mark.parametrize("bad", [["loader.scale_range=[1.5,0.5]"], ["loader.scale_range=[0,1]"], ["loader.shift=1.0"],
                                  ["loader.rotation_deg=-1"], ["loader.scale_range=[1.0]"], ["loader.tilt_deg=-2"],
-                                 ["loader.view_shift=1.5"]])
+                                 ["loader.view_shift=1.5"], ["loader.view_shift_prob=1.5"]])
 def test_bad_augmentation_ranges_are_one_line_errors(bad):
     from lit3d.cache.datamodule import geometric_augmentation
     from lit3d.config import load_config
@@ -319,6 +319,15 @@ def test_augmentation_with_tilt_and_move_keeps_labels_on_their_pixels():
         assert ok.mean() > 0.3 and np.median(err) < 0.6 and err.max() < 2.0
         np.testing.assert_allclose(out["depth"].numpy()[ok], z_HW[ok], rtol=1e-4)
         assert not ok[~out["inside"].numpy()].any()
+
+
+@pytest.mark.parametrize("prob, lo, hi", [(0.0, 0, 0), (0.5, 10, 30), (1.0, 40, 40)])
+def test_view_shift_prob_moves_that_fraction_of_views(prob, lo, hi):
+    aug = Augmentation(0.0, (1.0, 1.0), 0.0, view_shift=0.1, view_shift_prob=prob)
+    g, item = torch.Generator().manual_seed(0), make_item()
+    centres = torch.stack([aug(item, g)["cam2world"][:3, 3] for _ in range(40)])
+    moved = int(((centres - item["cam2world"][:3, 3]).norm(dim=1) > 1e-6).sum())
+    assert lo <= moved <= hi
 
 
 def test_datamodule_tilts_and_moves_training_views_from_the_config(tiny_cfg):
