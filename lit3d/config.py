@@ -78,6 +78,10 @@ class LoaderConfig:
     view_shift_prob: float = 1.0
     """Geometric augmentation: fraction of training views whose camera ``view_shift`` moves (the others are only
     rotated, scaled and shifted), so the student still sees the recorded viewpoints unmoved."""
+    view_shift_until: float = 1.0
+    """Geometric augmentation: fraction of the training epochs during which ``view_shift`` moves views; the epochs
+    after it train on the recorded camera centres only (still rotated, scaled and shifted), so the fit to the
+    recorded viewpoints is refined last. 1 = moves throughout."""
     preload: str = "auto"
     """Hold every frame in memory at the student resolution (``true``), read each item from the cache when it is
     needed (``false``: caches larger than memory), or preload when the frames fit ``memory_budget_gb`` (``auto``)."""

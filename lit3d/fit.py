@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from lit3d.cache import build_labels
-from lit3d.cache.datamodule import PointmapDataModule, check_poses_describe_labels
+from lit3d.cache.datamodule import PointmapDataModule, TrainingProgress, check_poses_describe_labels
 from lit3d.cache.store import write_json
 from lit3d.config import ConfigError, FitConfig, TrainerConfig, to_yaml
 from lit3d.files import atomic_write_bytes
@@ -125,7 +125,8 @@ def _fit(cfg: FitConfig, run_dir: Path, callbacks: list | None, trainer_kwargs: 
         check_val_every_n_epoch=t.check_val_every_n_epoch, enable_progress_bar=t.enable_progress_bar,
         deterministic=t.deterministic, gradient_clip_val=cfg.optim.grad_clip or None,
         gradient_clip_algorithm="norm", plugins=[VerifiedCheckpointIO()],
-        callbacks=[checkpoint, *last, LearningRateMonitor(logging_interval="epoch"), *averaging, *(callbacks or [])],
+        callbacks=[checkpoint, *last, LearningRateMonitor(logging_interval="epoch"), *averaging, TrainingProgress(),
+                   *(callbacks or [])],
         default_root_dir=run_dir,
         **(trainer_kwargs or {}),
     )

@@ -4,6 +4,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit3d.cache import build_labels
@@ -311,3 +312,29 @@ def test_a_full_disk_or_read_only_folder_is_one_line_naming_the_file(tmp_path, c
     assert [r.getMessage() for r in caplog.records] == [f"Read-only file system: {tmp_path / 'run' / 'metrics.csv'}"]
     with pytest.raises(OSError):  # other OSErrors remain bugs with a traceback
         command("lit3d.fit", lambda argv: (_ for _ in ()).throw(OSError(errno.EBADF, "Bad file descriptor")), [])
+
+
+class _RecordMovedViews(Callback):
+    """Per epoch, how many training views of each batch had their camera centre moved (a roll, zoom or shift
+    never moves it)."""
+
+    def __init__(self, moved: dict[int, int]):
+        self.moved = moved
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        frames = trainer.datamodule.datasets["train"]
+        recorded_N3 = torch.stack([frames.item(int(k), geometric=False)["cam2world"][:3, 3] for k in batch["index"]])
+        offset_N = (batch["cam2world"][:, :3, 3].cpu() - recorded_N3).norm(dim=1)
+        epoch = trainer.current_epoch
+        self.moved[epoch] = self.moved.get(epoch, 0) + int((offset_N > 1e-5).sum())
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_view_shift_until_stops_moving_views_for_the_last_epochs(tiny_cfg, workers):
+    """``loader.view_shift_until=0.5`` of 4 epochs: views move in epochs 0-1 and none in 2-3, also in persistent
+    DataLoader workers (the progress is in shared memory)."""
+    moved: dict[int, int] = {}
+    fit(tiny_cfg("student=mobilenetv3", "student.pretrained=false", "loader.view_shift=0.1",
+                 "loader.view_shift_until=0.5", f"loader.num_workers={workers}", "trainer.max_epochs=4",
+                 "trainer.check_val_every_n_epoch=4"), callbacks=[_RecordMovedViews(moved)])
+    assert moved[0] > 0 and moved[1] > 0 and moved[2] == 0 and moved[3] == 0, moved

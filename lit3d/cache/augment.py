@@ -15,7 +15,7 @@ needs labels with depth and leaves disoccluded pixels as padding.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -46,14 +46,19 @@ class Augmentation:
     view_shift: float = 0.0
     view_shift_prob: float = 1.0
     """Fraction of views that are moved (the rest keep their camera centre and are only warped)."""
+    view_shift_until: float = 1.0
+    """Views are moved only while ``progress`` is below this fraction of training."""
+    progress: torch.Tensor = field(default_factory=lambda: torch.zeros(1).share_memory_(), compare=False)
+    """Fraction of training done (epoch / max_epochs), set by :class:`~lit3d.cache.datamodule.TrainingProgress`;
+    in shared memory, so DataLoader workers (persistent ones too) read the value the trainer sets."""
 
     def __call__(self, item: dict[str, torch.Tensor], generator: torch.Generator | None = None
                  ) -> dict[str, torch.Tensor]:
-        """``item`` moved (when ``view_shift`` > 0, with probability ``view_shift_prob``), then rotated, tilted,
-        scaled and shifted at random."""
+        """``item`` moved (when ``view_shift`` > 0, with probability ``view_shift_prob``, until ``view_shift_until``
+        of training), then rotated, tilted, scaled and shifted at random."""
+        moving = self.view_shift > 0 and self.progress.item() < self.view_shift_until
         # the coin is drawn only when it can come up tails, so runs with every view moved keep their random numbers
-        if self.view_shift > 0 and (self.view_shift_prob >= 1
-                                    or torch.rand(1, generator=generator).item() < self.view_shift_prob):
+        if moving and (self.view_shift_prob >= 1 or torch.rand(1, generator=generator).item() < self.view_shift_prob):
             item = move_view(item, sample_move(self.view_shift, generator))
         size = tuple(item["image"].shape[-2:])
         return warp_view(item, sample_warp(self.rotation_deg, self.scale_range, self.shift, size, generator,

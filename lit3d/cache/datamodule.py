@@ -8,6 +8,7 @@ import os
 from functools import lru_cache
 
 import lightning as L
+from lightning.pytorch.callbacks import Callback
 import numpy as np
 import torch
 from PIL import Image
@@ -208,11 +209,13 @@ def geometric_augmentation(loader_cfg) -> Augmentation | None:
     if not (0 < lo <= hi) or c.rotation_deg < 0 or not 0 <= c.shift < 1:
         raise ValueError(f"loader.geometric: need rotation_deg >= 0, scale_range [min, max] with 0 < min <= max and "
                          f"0 <= shift < 1; got {c.rotation_deg}, {list(c.scale_range)}, {c.shift}")
-    if not 0 <= c.tilt_deg < 60 or not 0 <= c.view_shift < 1 or not 0 <= c.view_shift_prob <= 1:
-        raise ValueError(f"loader.geometric: need 0 <= tilt_deg < 60, 0 <= view_shift < 1 and 0 <= view_shift_prob "
-                         f"<= 1; got tilt_deg {c.tilt_deg}, view_shift {c.view_shift}, view_shift_prob "
-                         f"{c.view_shift_prob}")
-    return Augmentation(c.rotation_deg, (lo, hi), c.shift, c.tilt_deg, c.view_shift, c.view_shift_prob)
+    if (not 0 <= c.tilt_deg < 60 or not 0 <= c.view_shift < 1 or not 0 <= c.view_shift_prob <= 1
+            or not 0 <= c.view_shift_until <= 1):
+        raise ValueError(f"loader.geometric: need 0 <= tilt_deg < 60, 0 <= view_shift < 1, 0 <= view_shift_prob "
+                         f"<= 1 and 0 <= view_shift_until <= 1; got tilt_deg {c.tilt_deg}, view_shift {c.view_shift}, "
+                         f"view_shift_prob {c.view_shift_prob}, view_shift_until {c.view_shift_until}")
+    return Augmentation(c.rotation_deg, (lo, hi), c.shift, c.tilt_deg, c.view_shift, c.view_shift_prob,
+                        c.view_shift_until)
 
 
 def memory_budget_bytes(loader_cfg) -> int:
@@ -232,6 +235,17 @@ def should_preload(loader_cfg, n_frames: int) -> bool:
     log.info("label cache frames take %.2f GiB at %dx%d, memory budget %.2f GiB: %s", need / 2**30, h, w,
              budget / 2**30, "preloading them" if need <= budget else "reading them lazily per item")
     return need <= budget
+
+
+class TrainingProgress(Callback):
+    """Tells the training views' augmentation, at the start of every epoch, the fraction of training done
+    (``current_epoch / max_epochs``), which ``loader.view_shift_until`` compares against."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datasets = getattr(trainer.datamodule, "datasets", {})
+        geometric = getattr(datasets.get("train"), "geometric", None)
+        if geometric is not None and trainer.max_epochs and trainer.max_epochs > 0:
+            geometric.progress.fill_(trainer.current_epoch / trainer.max_epochs)
 
 
 class PointmapDataModule(L.LightningDataModule):
@@ -287,12 +301,15 @@ class PointmapDataModule(L.LightningDataModule):
 
     def train_dataloader(self, **augmentation) -> DataLoader:
         """The training views; ``augmentation`` (``loader.*`` keys, e.g. ``scale_range``) replaces the loader's
-        geometric augmentation for these views only (the head refinement's buffer), on the same frames."""
+        geometric augmentation for these views only (the head refinement's buffer, drawn after training, so its
+        views are not moved when ``view_shift_until`` < 1), on the same frames."""
         if not augmentation:
             return self._loader("train", shuffle=True)
         self.setup()
         views = copy.copy(self.datasets["train"])  # shares the preloaded frames
         views.geometric = geometric_augmentation(dataclasses.replace(self.cfg, **augmentation))
+        if views.geometric is not None:
+            views.geometric.progress.fill_(1.0)  # drawn after training: past ``view_shift_until``
         return self._loader("train", shuffle=True, dataset=views)
 
     def val_dataloader(self) -> DataLoader:

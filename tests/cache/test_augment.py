@@ -193,7 +193,8 @@ def test_reprojection_loss_needs_poses_that_describe_the_labels():
 
 @pytest.mark.parametrize("bad", [["loader.scale_range=[1.5,0.5]"], ["loader.scale_range=[0,1]"], ["loader.shift=1.0"],
                                  ["loader.rotation_deg=-1"], ["loader.scale_range=[1.0]"], ["loader.tilt_deg=-2"],
-                                 ["loader.view_shift=1.5"], ["loader.view_shift_prob=1.5"]])
+                                 ["loader.view_shift=1.5"], ["loader.view_shift_prob=1.5"],
+                                 ["loader.view_shift_until=-0.1"]])
 def test_bad_augmentation_ranges_are_one_line_errors(bad):
     from lit3d.cache.datamodule import geometric_augmentation
     from lit3d.config import load_config
@@ -328,6 +329,21 @@ def test_view_shift_prob_moves_that_fraction_of_views(prob, lo, hi):
     centres = torch.stack([aug(item, g)["cam2world"][:3, 3] for _ in range(40)])
     moved = int(((centres - item["cam2world"][:3, 3]).norm(dim=1) > 1e-6).sum())
     assert lo <= moved <= hi
+
+
+def test_view_shift_until_moves_views_only_before_that_fraction_of_training():
+    aug = Augmentation(0.0, (1.0, 1.0), 0.0, view_shift=0.1, view_shift_until=0.6)
+    g, item = torch.Generator().manual_seed(0), make_item()
+
+    def moved() -> int:
+        centres = torch.stack([aug(item, g)["cam2world"][:3, 3] for _ in range(10)])
+        return int(((centres - item["cam2world"][:3, 3]).norm(dim=1) > 1e-6).sum())
+
+    assert moved() == 10  # progress 0
+    aug.progress.fill_(0.59)
+    assert moved() == 10
+    aug.progress.fill_(0.6)
+    assert moved() == 0
 
 
 def test_datamodule_tilts_and_moves_training_views_from_the_config(tiny_cfg):
