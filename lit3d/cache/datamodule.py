@@ -104,14 +104,16 @@ def _label_depths(frame: dict[str, np.ndarray]) -> np.ndarray | None:
     return pts_HW3 @ world2cam_44[2, :3].astype(pts_HW3.dtype) + float(world2cam_44[2, 3])
 
 
-def check_poses_describe_labels(cache: LabelCache, names: list[str], samples: int = 8) -> None:
+def check_poses_describe_labels(cache: LabelCache, names: list[str], samples: int = 8,
+                                need: str = "loss.name=reprojection", remedy: str = "use loss.name=mse") -> None:
     """Raise ValueError unless the cached poses of (a sample of) ``names`` reproject their labels: what a
-    pose-based loss (``loss.name=reprojection``) needs. Labels aligned to the first camera (DUSt3R without dataset
-    poses) keep the dataset's pose, which does not describe them."""
+    pose-based loss (``loss.name=reprojection``) and moved views (``loader.view_shift``) need; ``need`` and
+    ``remedy`` name them in the message. Labels aligned to the first camera (DUSt3R without dataset poses) keep the
+    dataset's pose, which does not describe them."""
     for name in names[:: max(len(names) // samples, 1)][:samples]:
         if _label_depths(cache.load_frame(name)) is None:
-            raise ValueError(f"loss.name=reprojection needs camera poses that describe the labels; frame {name} of "
-                             f"{cache.root} has none (e.g. labels aligned to the first camera): use loss.name=mse")
+            raise ValueError(f"{need} needs camera poses that describe the labels; frame {name} of {cache.root} has "
+                             f"none (e.g. labels aligned to the first camera): {remedy}")
 
 
 def resize_frame(frame: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, np.ndarray]:

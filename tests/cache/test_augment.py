@@ -189,6 +189,8 @@ def test_reprojection_loss_needs_poses_that_describe_the_labels():
     moved = dict(frame, cam2world=np.eye(4, dtype=np.float32))  # e.g. labels in the first camera's frame
     with pytest.raises(ValueError, match="loss.name=reprojection needs camera poses .* frame a .* use loss.name=mse"):
         check_poses_describe_labels(Cache(moved), ["a", "b"])
+    with pytest.raises(ValueError, match="^loader.view_shift needs camera poses .* set loader.view_shift=0$"):
+        check_poses_describe_labels(Cache(moved), ["a"], need="loader.view_shift", remedy="set loader.view_shift=0")
 
 
 @pytest.mark.parametrize("bad", [["loader.scale_range=[1.5,0.5]"], ["loader.scale_range=[0,1]"], ["loader.shift=1.0"],

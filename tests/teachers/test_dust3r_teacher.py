@@ -118,8 +118,9 @@ TINY_ARGS = ["teacher=dust3r", "teacher.random_init=true", "teacher.resolution=6
 
 
 @pytest.mark.slow
-def test_labels_synthetic_scene_and_trains(tiny_cfg) -> None:
-    """Tiny random DUSt3R -> Lightning predict -> global alignment -> label cache -> ``fit`` trains on it."""
+def test_labels_synthetic_scene_and_trains(tiny_cfg, tmp_path) -> None:
+    """Tiny random DUSt3R -> Lightning predict -> global alignment -> label cache -> ``fit`` trains on it; moved
+    views, which need a pose that describes the labels, are refused on it."""
     import json
 
     from lit3d.cache import build_labels
@@ -132,3 +133,6 @@ def test_labels_synthetic_scene_and_trains(tiny_cfg) -> None:
     assert manifest["teacher"]["name"] == "dust3r" and manifest["teacher"]["random_init"] is True
     metrics = fit(cfg)
     assert np.isfinite(metrics["test/l2_mean"])
+    with pytest.raises(ValueError, match="loader.view_shift needs camera poses .* set loader.view_shift=0"):
+        fit(tiny_cfg(*TINY_ARGS, "align.known_pose_mode=ignore", "loader.view_shift=0.1",
+                     f"run_dir={tmp_path / 'moved'}"))
