@@ -71,14 +71,14 @@ class LoaderConfig:
     tilt_deg: float = 0.0
     """Geometric augmentation: out-of-plane camera rotation (pitch and yaw, each uniform in +- this many degrees)
     about the camera centre: a homography of the image that needs no depth; labels keep their values."""
-    view_shift: float = 0.0
+    view_shift: float = 0.1
     """Geometric augmentation: camera translation (each camera axis uniform in +- this fraction of the view's
     median label depth): the view is re-rendered from its labels with parallax (forward warping, nearest surface
-    wins, disocclusions invalid); needs labels with depth. 0 = off."""
-    view_shift_prob: float = 1.0
+    wins, disocclusions invalid); needs labels with depth and poses that describe them. 0 = off."""
+    view_shift_prob: float = 0.5
     """Geometric augmentation: fraction of training views whose camera ``view_shift`` moves (the others are only
     rotated, scaled and shifted), so the student still sees the recorded viewpoints unmoved."""
-    view_shift_until: float = 1.0
+    view_shift_until: float = 0.8
     """Geometric augmentation: fraction of the training epochs during which ``view_shift`` moves views; the epochs
     after it train on the recorded camera centres only (still rotated, scaled and shifted), so the fit to the
     recorded viewpoints is refined last. 1 = moves throughout."""
