@@ -97,9 +97,9 @@ def _fit(cfg: FitConfig, run_dir: Path, callbacks: list | None, trainer_kwargs: 
 
     cache, label_summary = build_labels(cfg)
     dm = PointmapDataModule(cache, cfg.loader, seed=cfg.seed)
-    if cfg.loss.name == "reprojection":
+    if cfg.loss.name == "reprojection":  # also all that moved views need
         check_poses_describe_labels(cache, cache.split["train"])
-    if cfg.loader.geometric and cfg.loader.view_shift > 0:  # a moved view is re-rendered through its pose
+    elif cfg.loader.geometric and cfg.loader.view_shift > 0:  # a moved view is re-rendered through its pose
         check_poses_describe_labels(cache, cache.split["train"], need="loader.view_shift",
                                     remedy="set loader.view_shift=0")
     module = StudentModule.from_config(cfg, dm.train_stats())

@@ -349,7 +349,7 @@ def test_view_shift_until_moves_views_only_before_that_fraction_of_training():
 
 
 def test_datamodule_tilts_and_moves_training_views_from_the_config(tiny_cfg):
-    dm = tiny_datamodule(tiny_cfg, "loader.tilt_deg=10", "loader.view_shift=0.1")
+    dm = tiny_datamodule(tiny_cfg, "loader.tilt_deg=10", "loader.view_shift=0.1", "loader.view_shift_prob=1")
     torch.manual_seed(0)
     train = dm.datasets["train"]
     raw, moved = train.item(0, geometric=False), train[0]
