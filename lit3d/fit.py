@@ -97,7 +97,8 @@ def _fit(cfg: FitConfig, run_dir: Path, callbacks: list | None, trainer_kwargs: 
 
     cache, label_summary = build_labels(cfg)
     dm = PointmapDataModule(cache, cfg.loader, seed=cfg.seed)
-    if cfg.loss.name == "reprojection":  # also all that moved views need
+    # Poses must describe the labels for the reprojection loss and for moved views; one check covers both.
+    if cfg.loss.name == "reprojection":
         check_poses_describe_labels(cache, cache.split["train"])
     elif cfg.loader.geometric and cfg.loader.view_shift > 0:  # a moved view is re-rendered through its pose
         check_poses_describe_labels(cache, cache.split["train"], need="loader.view_shift",
