@@ -37,9 +37,15 @@ class TestTimeOptions:
     """In-plane rotations of the copies, degrees (inside the training's ``loader.rotation_deg``, 15)."""
     tta_scales: list[float] = field(default_factory=lambda: [0.85, 1.0, 1.18])
     """Zooms of the copies (inside the training's ``loader.scale_range``, 2/3 to 3/2)."""
+    tta_reduce: str = "mean"
+    """How a pixel's estimates from the copies that see it become one point: mean, or median (per coordinate; the
+    lower middle value where an even number of copies sees the pixel), which ignores a copy far off the others."""
 
     def __post_init__(self) -> None:
         similarity_warps(self.tta_rotations_deg, self.tta_scales)  # bad values fail where the options are read
+        if self.tta_reduce not in REDUCTIONS:
+            raise ValueError(f"test-time augmentation: invalid value for 'tta_reduce': {self.tta_reduce!r}; "
+                             f"valid values: {', '.join(REDUCTIONS)}")
 
     def views(self) -> int:
         """Forwards per image: 1 without test-time augmentation."""
@@ -47,7 +53,12 @@ class TestTimeOptions:
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """``model``, behind :class:`TestTimeAugmentation` when ``tta`` is on."""
-        return TestTimeAugmentation(model, self.tta_rotations_deg, self.tta_scales) if self.tta else model
+        return (TestTimeAugmentation(model, self.tta_rotations_deg, self.tta_scales, self.tta_reduce) if self.tta
+                else model)
+
+
+REDUCTIONS = ("mean", "median")
+"""Values of ``TestTimeOptions.tta_reduce``."""
 
 
 def similarity_warps(rotations_deg: Sequence[float], scales: Sequence[float]) -> list[tuple[float, float]]:
@@ -85,15 +96,19 @@ def _sample_grid(A_33: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 class TestTimeAugmentation(nn.Module):
     """``model`` (images (B, 3, h, w) in [0, 1] -> world points (B, 3, h, w)) averaged over rolled and zoomed copies
-    of each image: one forward of B x views images. Any module with that contract (a StudentModule, an exported
-    student behind a module) can be wrapped; the points keep the model's frame and unit."""
+    of each image (or their per-coordinate median, ``reduce='median'``): one forward of B x views images. Any module
+    with that contract (a StudentModule, an exported student behind a module) can be wrapped; the points keep the
+    model's frame and unit."""
 
     __test__ = False  # a name pytest would otherwise collect
 
     def __init__(self, model: nn.Module, rotations_deg: Sequence[float] = (-10.0, 0.0, 10.0),
-                 scales: Sequence[float] = (0.85, 1.0, 1.18)):
+                 scales: Sequence[float] = (0.85, 1.0, 1.18), reduce: str = "mean"):
         super().__init__()
+        if reduce not in REDUCTIONS:
+            raise ValueError(f"test-time augmentation: reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
         self.model = model
+        self.reduce = reduce
         self.warps = similarity_warps(rotations_deg, scales)
         self._grids: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
@@ -125,5 +140,8 @@ class TestTimeAugmentation(nn.Module):
         back = F.grid_sample(pts_all[B:], back_VHW2.repeat_interleave(B, 0), mode="bilinear", align_corners=True)
         seen = seen_V1HW.repeat_interleave(B, 0)  # copy v of image b at row v * B + b, as the copies
         total = pts_all[:B] + (back * seen).reshape(V, B, 3, H, W).sum(0)
-        count = 1 + seen.reshape(V, B, 1, H, W).sum(0)
-        return total / count
+        if self.reduce == "median":  # a copy that does not see a pixel has no vote there
+            votes = torch.where(seen > 0, back, torch.nan).reshape(V, B, 3, H, W)
+            median = torch.cat([pts_all[:B][None], votes]).nanmedian(0).values
+            return torch.where(torch.isfinite(total), median, total)  # a non-finite prediction stays visible
+        return total / (1 + seen.reshape(V, B, 1, H, W).sum(0))

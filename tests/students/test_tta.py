@@ -26,14 +26,15 @@ def ramp_images(h: int, w: int) -> torch.Tensor:
     return torch.stack([img, img.flip(-1)])
 
 
+@pytest.mark.parametrize("reduce", ["mean", "median"])
 @pytest.mark.parametrize("rotations,scales", [((-10.0, 0.0, 10.0), (0.85, 1.0, 1.18)), ((-30.0, 25.0), (0.5, 2.0))])
-def test_a_student_that_follows_the_image_content_is_unchanged(rotations, scales):
+def test_a_student_that_follows_the_image_content_is_unchanged(rotations, scales, reduce):
     """Each copy's prediction, read back where the original pixel went, is that pixel's own prediction: only the
     right inverse warp and sampling back at the forward one give the plain output (to float precision) everywhere,
     border pixels included (copies whose neighbourhood there is padding must be left out)."""
     img = ramp_images(24, 40)
     model = PerPixelLinear()
-    out = TestTimeAugmentation(model, rotations, scales)(img)
+    out = TestTimeAugmentation(model, rotations, scales, reduce)(img)
     assert out.shape == (2, 3, 24, 40)
     torch.testing.assert_close(out, model(img), atol=2e-6, rtol=0)
 
@@ -49,6 +50,15 @@ def test_the_copies_are_the_training_augmentations_rolled_and_zoomed_cameras():
         torch.testing.assert_close(warp_matrix(angle, scale, (h, w)), A_33, atol=1e-12, rtol=0)
 
 
+class CopyIndex(torch.nn.Module):
+    """A 'student' whose points are the index of the copy in the B x (1 + V) forward: 0 for the originals, v + 1
+    for copy v (copy v of image b at row v * B + b); B = 2."""
+
+    def forward(self, img):
+        n = torch.arange(len(img), dtype=torch.float32) // 2
+        return n[:, None, None, None].expand(len(img), 3, *img.shape[-2:]).clone()
+
+
 def test_only_pixels_a_copy_shows_are_averaged():
     """A copy rolled by 10 deg loses the corners and keeps the centre; a zoom-in loses the border; the average at a
     pixel divides by the copies that see it (here a student that returns each copy's index shows the counts)."""
@@ -62,11 +72,6 @@ def test_only_pixels_a_copy_shows_are_averaged():
         if scale > 1:
             assert seen_V1HW[k, 0, 0, w // 2] == 0 and seen_V1HW[k, 0, h // 2, 0] == 0
 
-    class CopyIndex(torch.nn.Module):  # the B x (1 + V) forward: originals first, then copy v of image b at v*B+b
-        def forward(self, img):
-            n = torch.arange(len(img), dtype=torch.float32) // 2  # B = 2: 0 for the originals, v + 1 for copy v
-            return n[:, None, None, None].expand(len(img), 3, *img.shape[-2:]).clone()
-
     tta.model = CopyIndex()
     out = tta(torch.rand(2, 3, h, w))
     V = len(tta.warps) - 1
@@ -75,6 +80,34 @@ def test_only_pixels_a_copy_shows_are_averaged():
     for b in range(2):
         for c in range(3):
             torch.testing.assert_close(out[b, c], expected)
+
+
+def test_the_median_takes_the_middle_vote_of_the_copies_that_see_a_pixel():
+    """Against a per-pixel sort of the votes (the original's 0 and the index of every copy that shows the pixel):
+    the lower middle value, so at the centre (all copies) an outlying copy cannot move it, at the border only the
+    copies that see the pixel vote."""
+    h, w = 24, 32
+    tta = TestTimeAugmentation(CopyIndex(), (-10.0, 0.0, 10.0), (1.0, 1.3), reduce="median")
+    _, _, seen_V1HW = tta.grids((h, w))
+    out = tta(torch.rand(2, 3, h, w))
+    for v in range(h):
+        for u in range(w):
+            votes = sorted([0.0] + [k + 1.0 for k in range(len(seen_V1HW)) if seen_V1HW[k, 0, v, u] > 0])
+            expected = votes[(len(votes) - 1) // 2]  # the bilinear read-back of a constant is exact to float eps
+            assert abs(out[0, 0, v, u] - expected) < 1e-5 and abs(out[1, 2, v, u] - expected) < 1e-5, (v, u)
+    assert abs(out[0, 0, h // 2, w // 2] - (len(tta.warps) - 1) // 2) < 1e-5  # all 1 + V votes at the centre
+
+
+def test_a_non_finite_prediction_is_not_hidden_by_the_median():
+    """A diverged student must stay visible to evaluate's finiteness check: one NaN vote makes the pixel NaN."""
+    class NanAtOrigin(torch.nn.Module):
+        def forward(self, img):
+            out = img.clone()
+            out[:, :, 12, 16] = torch.nan  # the image centre in every forward, so the original's vote there
+            return out
+
+    out = TestTimeAugmentation(NanAtOrigin(), (-10.0, 10.0), (1.0,), reduce="median")(torch.rand(1, 3, 25, 33))
+    assert torch.isnan(out[0, :, 12, 16]).all() and torch.isfinite(out[0, :, 0, 0]).all()
 
 
 def test_views_options_and_bad_values():
@@ -89,6 +122,9 @@ def test_views_options_and_bad_values():
                                    ([math.nan], [1.0], "tta_rotations_deg")]:
         with pytest.raises(ValueError, match=f"test-time augmentation: .*{key}"):
             TestTimeOptions(tta_rotations_deg=rotations, tta_scales=scales)  # fails where options are read
+    with pytest.raises(ValueError, match="invalid value for 'tta_reduce': 'mode'; valid values: mean, median"):
+        TestTimeOptions(tta_reduce="mode")
+    assert TestTimeOptions(tta_reduce="median").wrap(model).reduce == "median"
 
 
 def test_bad_options_are_one_line_errors_of_the_commands(caplog):
@@ -97,7 +133,8 @@ def test_bad_options_are_one_line_errors_of_the_commands(caplog):
 
     for command, argv, message in [(evaluate, ["some_run", "tta_scales=0,1"], "tta_scales must be positive"),
                                    (localize, ["some_run", "a.jpg", "tta_rotations_deg=[]"], "tta_rotations_deg"),
-                                   (evaluate, ["some_run", "tta=maybe"], "invalid value for 'tta'")]:
+                                   (evaluate, ["some_run", "tta=maybe"], "invalid value for 'tta'"),
+                                   (localize, ["some_run", "a.jpg", "tta_reduce=avg"], "valid values: mean, median")]:
         caplog.clear()
         assert command(argv) == 2
         errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
