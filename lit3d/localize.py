@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = {"reprojection_px": opt.reprojection_px or default_reprojection_px(model.input_hw[1]),
                     "iterations": opt.iterations, "refine": opt.refine, "intrinsics": opt.intrinsics,
                     "hfov_deg": opt.hfov_deg, "tta_views": opt.views(),
-                    "tta_reduce": opt.tta_reduce if opt.tta else "none"}
+                    **opt.record()}
         files = write_results(out, results, model, settings, opt.ply)
         lat = latency_summary(results)
         log.info("%d / %d localized; %.1f ms p50, %.1f ms p95 per image (student + PnP), %.1f images/s -> %s",

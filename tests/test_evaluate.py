@@ -153,9 +153,9 @@ def test_evaluate_a_tiny_run(tiny_cfg, caplog, monkeypatch):
     assert metrics["gen/depth_ratio_max"] == max(ratios) <= 1.05
     assert (metrics["eval/ransac_iterations"], metrics["eval/refine"], metrics["eval/tuned"]) == (1000, True, False)
     # points averaged over 9 rolled / zoomed copies by default; tta=false is the single forward of the student
-    assert (metrics["eval/tta_views"], metrics["eval/tta_reduce"]) == (9, "mean")
+    assert (metrics["eval/tta_views"], metrics["eval/tta_reduce"], metrics["eval/tta_original"]) == (9, "mean", True)
     single = evaluate_run(run, options=EvalOptions(tta=False, exports=False, figure_frames=1))
-    assert (single["eval/tta_views"], single["eval/tta_reduce"]) == (1, "none")
+    assert (single["eval/tta_views"], single["eval/tta_reduce"], single["eval/tta_original"]) == (1, "none", "none")
     assert single["eval/student_vs_teacher/l2_mean"] != metrics["eval/student_vs_teacher/l2_mean"]
 
     # a re-run without exports keeps the export keys and replaces the rest

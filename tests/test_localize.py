@@ -252,6 +252,8 @@ def test_localize_the_kitchen_sample_like_evaluate(tmp_path, caplog):
     out = json.loads((run / "localize" / "poses.json").read_text())
     assert [q["name"] for q in out["queries"]] == [f"{n}.color.jpg" for n in names]
     assert (out["frame"], out["unit"]) == ("dataset", "m")
+    assert {k: out["settings"][k] for k in ("tta_views", "tta_reduce", "tta_original")} == {
+        "tta_views": 9, "tta_reduce": "mean", "tta_original": True}
     for q, expected in zip(out["queries"], poses["student"]):
         assert q["status"] == "ok" and np.array_equal(np.array(q["cam2world"]), expected)
     # and evaluate's per-frame errors (eval_frames.csv) are those of these poses

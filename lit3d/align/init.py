@@ -62,40 +62,42 @@ def world_points(state: State, uv_NP2: np.ndarray) -> np.ndarray:
     return np.einsum("nij,npj->npi", state.R_N33, cam) + state.t_N3[:, None]
 
 
-def connected_components(n_images: int, edges_E2: np.ndarray) -> np.ndarray:
-    """(N,) component label per image, numbered by smallest member (union-find)."""
-    parent = np.arange(n_images)
+class DisjointSets:
+    """Union-find over ``n`` items with path halving; ``union`` keeps the smaller root (components numbered by
+    their smallest member)."""
 
-    def find(a: int) -> int:
+    def __init__(self, n: int):
+        self.parent = np.arange(n)
+
+    def find(self, a: int) -> int:
+        parent = self.parent
         while parent[a] != a:
             parent[a] = parent[parent[a]]
             a = parent[a]
         return a
 
+    def union(self, a: int, b: int) -> bool:
+        """Joins the sets of ``a`` and ``b``; False when they were one already."""
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return False
+        self.parent[max(ra, rb)] = min(ra, rb)
+        return True
+
+
+def connected_components(n_images: int, edges_E2: np.ndarray) -> np.ndarray:
+    """(N,) component label per image, numbered by smallest member (union-find)."""
+    sets = DisjointSets(n_images)
     for i, j in edges_E2:
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-    roots = np.array([find(a) for a in range(n_images)])
+        sets.union(i, j)
+    roots = np.array([sets.find(a) for a in range(n_images)])
     return np.unique(roots, return_inverse=True)[1]
 
 
 def maximum_spanning_tree(n_images: int, edges_E2: np.ndarray, score_E: np.ndarray) -> np.ndarray:
     """Edge ids of a maximum spanning tree (Kruskal, best directed edge of each pair wins)."""
-    parent = np.arange(n_images)
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    tree = []
-    for e in np.argsort(-score_E, kind="stable"):
-        ri, rj = find(edges_E2[e, 0]), find(edges_E2[e, 1])
-        if ri != rj:
-            parent[ri] = rj
-            tree.append(e)
+    sets = DisjointSets(n_images)
+    tree = [e for e in np.argsort(-score_E, kind="stable") if sets.union(edges_E2[e, 0], edges_E2[e, 1])]
     return np.asarray(tree, dtype=np.int64)
 
 

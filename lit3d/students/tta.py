@@ -40,6 +40,10 @@ class TestTimeOptions:
     tta_reduce: str = "mean"
     """How a pixel's estimates from the copies that see it become one point: mean, or median (per coordinate; the
     lower middle value where an even number of copies sees the pixel), which ignores a copy far off the others."""
+    tta_original: bool = True
+    """Count the unwarped image's points among a pixel's estimates. false (a diagnostic) scores the copies alone:
+    a pixel takes the copies that see it, and the unwarped image's points only where none does; with one rotation
+    and one scale (``tta_rotations_deg=[10] tta_scales=[1]``) that scores a single copy."""
 
     def __post_init__(self) -> None:
         similarity_warps(self.tta_rotations_deg, self.tta_scales)  # bad values fail where the options are read
@@ -53,8 +57,14 @@ class TestTimeOptions:
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """``model``, behind :class:`TestTimeAugmentation` when ``tta`` is on."""
-        return (TestTimeAugmentation(model, self.tta_rotations_deg, self.tta_scales, self.tta_reduce) if self.tta
-                else model)
+        return (TestTimeAugmentation(model, self.tta_rotations_deg, self.tta_scales, self.tta_reduce,
+                                     self.tta_original) if self.tta else model)
+
+    def record(self) -> dict[str, object]:
+        """How the copies were combined, as the commands record it (``none`` for both without test-time
+        augmentation)."""
+        return {"tta_reduce": self.tta_reduce if self.tta else "none",
+                "tta_original": self.tta_original if self.tta else "none"}
 
 
 REDUCTIONS = ("mean", "median")
@@ -98,17 +108,19 @@ class TestTimeAugmentation(nn.Module):
     """``model`` (images (B, 3, h, w) in [0, 1] -> world points (B, 3, h, w)) averaged over rolled and zoomed copies
     of each image (or their per-coordinate median, ``reduce='median'``): one forward of B x views images. Any module
     with that contract (a StudentModule, an exported student behind a module) can be wrapped; the points keep the
-    model's frame and unit."""
+    model's frame and unit. ``original=False`` leaves the unwarped image's points out wherever a copy sees the
+    pixel (to score copies alone)."""
 
     __test__ = False  # a name pytest would otherwise collect
 
     def __init__(self, model: nn.Module, rotations_deg: Sequence[float] = (-10.0, 0.0, 10.0),
-                 scales: Sequence[float] = (0.85, 1.0, 1.18), reduce: str = "mean"):
+                 scales: Sequence[float] = (0.85, 1.0, 1.18), reduce: str = "mean", original: bool = True):
         super().__init__()
         if reduce not in REDUCTIONS:
             raise ValueError(f"test-time augmentation: reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
         self.model = model
         self.reduce = reduce
+        self.original = original
         self.warps = similarity_warps(rotations_deg, scales)
         self._grids: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
@@ -139,9 +151,12 @@ class TestTimeAugmentation(nn.Module):
         pts_all = self.model(torch.cat([img_B3HW, copies])).float()
         back = F.grid_sample(pts_all[B:], back_VHW2.repeat_interleave(B, 0), mode="bilinear", align_corners=True)
         seen = seen_V1HW.repeat_interleave(B, 0)  # copy v of image b at row v * B + b, as the copies
-        total = pts_all[:B] + (back * seen).reshape(V, B, 3, H, W).sum(0)
+        n_seen_B1HW = seen.reshape(V, B, 1, H, W).sum(0)
+        own_B1HW = torch.ones_like(n_seen_B1HW) if self.original else (n_seen_B1HW == 0).float()
+        total = own_B1HW * pts_all[:B] + (back * seen).reshape(V, B, 3, H, W).sum(0)  # 0 x NaN stays NaN: visible
         if self.reduce == "median":  # a copy that does not see a pixel has no vote there
             votes = torch.where(seen > 0, back, torch.nan).reshape(V, B, 3, H, W)
-            median = torch.cat([pts_all[:B][None], votes]).nanmedian(0).values
+            own = torch.where(own_B1HW > 0, pts_all[:B], torch.nan)[None]
+            median = torch.cat([own, votes]).nanmedian(0).values
             return torch.where(torch.isfinite(total), median, total)  # a non-finite prediction stays visible
-        return total / (1 + seen.reshape(V, B, 1, H, W).sum(0))
+        return total / (own_B1HW + n_seen_B1HW)

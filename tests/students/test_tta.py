@@ -26,15 +26,17 @@ def ramp_images(h: int, w: int) -> torch.Tensor:
     return torch.stack([img, img.flip(-1)])
 
 
-@pytest.mark.parametrize("reduce", ["mean", "median"])
-@pytest.mark.parametrize("rotations,scales", [((-10.0, 0.0, 10.0), (0.85, 1.0, 1.18)), ((-30.0, 25.0), (0.5, 2.0))])
-def test_a_student_that_follows_the_image_content_is_unchanged(rotations, scales, reduce):
+@pytest.mark.parametrize("reduce,original", [("mean", True), ("median", True), ("mean", False), ("median", False)])
+@pytest.mark.parametrize("rotations,scales", [((-10.0, 0.0, 10.0), (0.85, 1.0, 1.18)), ((-30.0, 25.0), (0.5, 2.0)),
+                                              ((10.0,), (1.0,))])
+def test_a_student_that_follows_the_image_content_is_unchanged(rotations, scales, reduce, original):
     """Each copy's prediction, read back where the original pixel went, is that pixel's own prediction: only the
     right inverse warp and sampling back at the forward one give the plain output (to float precision) everywhere,
-    border pixels included (copies whose neighbourhood there is padding must be left out)."""
+    border pixels included (copies whose neighbourhood there is padding must be left out), with the unwarped
+    image's vote or, scoring the copies alone (``original=False``; one copy in the last case), without it."""
     img = ramp_images(24, 40)
     model = PerPixelLinear()
-    out = TestTimeAugmentation(model, rotations, scales, reduce)(img)
+    out = TestTimeAugmentation(model, rotations, scales, reduce, original)(img)
     assert out.shape == (2, 3, 24, 40)
     torch.testing.assert_close(out, model(img), atol=2e-6, rtol=0)
 
@@ -82,6 +84,25 @@ def test_only_pixels_a_copy_shows_are_averaged():
             torch.testing.assert_close(out[b, c], expected)
 
 
+@pytest.mark.parametrize("reduce", ["mean", "median"])
+def test_without_the_original_a_pixel_takes_the_copies_that_see_it_else_the_original(reduce):
+    """``original=False`` (scoring copies alone): where copies see a pixel, their mean / lower median only (the
+    original's 0 is no vote); where none does (the corners, outside every roll), the original's points."""
+    h, w = 24, 32
+    tta = TestTimeAugmentation(CopyIndex(), (-10.0, 10.0), (1.0,), reduce=reduce, original=False)
+    _, _, seen_V1HW = tta.grids((h, w))
+    out = tta(torch.rand(2, 3, h, w))
+    centre = 1.5 if reduce == "mean" else 1.0  # both copies see the centre: 1 and 2, no original's 0
+    assert len(seen_V1HW) == 2 and out[0, 0, 0, 0] == 0 and out[1, 1, h // 2, w // 2] == centre
+    for v in range(h):
+        for u in range(w):
+            votes = [k + 1.0 for k in range(2) if seen_V1HW[k, 0, v, u] > 0] or [0.0]
+            expected = sum(votes) / len(votes) if reduce == "mean" else votes[(len(votes) - 1) // 2]
+            assert abs(out[0, 2, v, u] - expected) < 1e-5 and abs(out[1, 0, v, u] - expected) < 1e-5, (v, u)
+    one = TestTimeAugmentation(CopyIndex(), (10.0,), (1.0,), reduce=reduce, original=False)(torch.rand(2, 3, h, w))
+    torch.testing.assert_close(one[:, :1], seen_V1HW[1:].expand(2, 1, h, w))  # copy 1 (+10 deg) where seen, else 0
+
+
 def test_the_median_takes_the_middle_vote_of_the_copies_that_see_a_pixel():
     """Against a per-pixel sort of the votes (the original's 0 and the index of every copy that shows the pixel):
     the lower middle value, so at the centre (all copies) an outlying copy cannot move it, at the border only the
@@ -125,6 +146,9 @@ def test_views_options_and_bad_values():
     with pytest.raises(ValueError, match="invalid value for 'tta_reduce': 'mode'; valid values: mean, median"):
         TestTimeOptions(tta_reduce="mode")
     assert TestTimeOptions(tta_reduce="median").wrap(model).reduce == "median"
+    assert TestTimeOptions(tta_original=False).wrap(model).original is False
+    assert TestTimeOptions(tta_original=False).record() == {"tta_reduce": "mean", "tta_original": False}
+    assert TestTimeOptions(tta=False).record() == {"tta_reduce": "none", "tta_original": "none"}
 
 
 def test_bad_options_are_one_line_errors_of_the_commands(caplog):
