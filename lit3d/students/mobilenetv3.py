@@ -34,6 +34,9 @@ class MobileNetV3Config(StudentConfig):
     detail through skip connections. Blocks after the deepest are dropped."""
     head_width: int = 32
     """Channel width of the head at full resolution (twice that at coarser strides)."""
+    squeeze_excite: bool = True
+    """Keep the backbone's squeeze-and-excitation gates, which scale every channel by a statistic of the WHOLE
+    image; false removes them, so each output depends only on the image inside its receptive field."""
 
 
 class MobileNetV3Student(nn.Module):
@@ -41,6 +44,8 @@ class MobileNetV3Student(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = _drop_unused_blocks(_create_backbone(cfg))
+        if not cfg.squeeze_excite:
+            _remove_squeeze_excite(self.backbone)
         info = self.backbone.feature_info
         self.head = ConvHead(info.channels(), info.reduction(), width=cfg.head_width,
                              out_stride=cfg.head_stride, per_cell=cfg.output == "cells")
@@ -80,6 +85,13 @@ def _create_backbone(cfg: MobileNetV3Config) -> nn.Module:
             f"({type(e).__name__}); download the timm weights file on a connected machine and pass "
             f"student.pretrained_file=PATH, or set student.pretrained=false"
         ) from None
+
+
+def _remove_squeeze_excite(backbone: nn.Module) -> None:
+    """Replace every block's ``se`` gate by the identity (timm's own placeholder where a block has none)."""
+    for block in backbone.modules():
+        if isinstance(getattr(block, "se", None), nn.Module):
+            block.se = nn.Identity()
 
 
 def _drop_unused_blocks(backbone: nn.Module) -> nn.Module:

@@ -144,3 +144,19 @@ def test_vanilla_cnn_strides_are_checked():
     cfg = load_config(["student=vanilla_cnn", "student.strides=[1,2,3,1,1,1]"])
     with pytest.raises(ValueError, match="student.strides"):
         create_student(cfg.student, (32, 32))
+
+
+@pytest.mark.parametrize("squeeze_excite", [True, False])
+def test_mobilenetv3_without_squeeze_excite_sees_only_its_receptive_field(squeeze_excite):
+    """The gates average the whole image: with them a change in one corner reaches the opposite corner's points."""
+    torch.manual_seed(0)
+    cfg = load_config(["student=mobilenetv3", f"student.squeeze_excite={str(squeeze_excite).lower()}"])
+    model = create_student(cfg.student, (640, 640)).eval()
+    img = torch.rand(1, 3, 640, 640)
+    changed = img.clone()
+    changed[..., :32, :32] = torch.rand(3, 32, 32)
+    with torch.no_grad():
+        far_B3hw = (model(img) - model(changed))[..., -128:, -128:]  # 480+ px away: beyond the convolutions' reach
+    assert (far_B3hw.abs().max() > 0) == squeeze_excite
+    n_gates = sum(type(m).__name__ == "SqueezeExcite" for m in model.modules())
+    assert (n_gates > 0) == squeeze_excite
