@@ -455,23 +455,44 @@ def point_errors(fr: Frames, S_44: np.ndarray | None) -> tuple[list[dict], dict[
             row[f"{key}_l2_median"] = float(np.median(err_hw[mask_hw])) if mask_hw.any() else float("nan")
         metrics.update(error_stats(err_NHW[mask_NHW], f"eval/{key}/"))
     if "student_vs_gt" in pairs:
-        metrics.update(frame_offsets(rows, pairs["student_vs_gt"][0] - fr.gt_NHW3, fr.gt_valid_NHW, fr.cam2world_N44))
+        metrics.update(frame_offsets(rows, pairs["student_vs_gt"][0], fr.gt_NHW3, fr.gt_valid_NHW, fr.cam2world_N44))
     return rows, metrics
 
 
-def frame_offsets(rows: list[dict], err_NHW3: np.ndarray, mask_NHW: np.ndarray, cam2world_N44: np.ndarray
-                  ) -> dict[str, float]:
-    """Each frame's mean error vector (prediction - truth, metres) in its true camera's axes (x right, y down,
-    z forward), as ``student_offset_{x,y,z}_cm`` in ``rows``: a shift of a whole frame's points that PnP cannot
-    average away (NaN without a pose). Returns ``eval/student_vs_gt/frame_offset_cm_median``, of its length."""
-    lengths = []
-    for row, err_hw3, mask_hw, cam2world_44 in zip(rows, err_NHW3, mask_NHW, cam2world_N44):
-        offset_3 = err_hw3[mask_hw].mean(0) @ cam2world_44[:3, :3] if mask_hw.any() else np.full(3, np.nan)
+def frame_offsets(rows: list[dict], pred_NHW3: np.ndarray, true_NHW3: np.ndarray, mask_NHW: np.ndarray,
+                  cam2world_N44: np.ndarray) -> dict[str, float]:
+    """What of each frame's point error moves the frame's points as a whole, which PnP cannot average away:
+    ``student_offset_{x,y,z}_cm``, the mean error vector (prediction - truth, metres) in its true camera's axes (x
+    right, y down, z forward; NaN without a pose), and ``student_turn_deg``, the angle of the rotation that best
+    maps the true points onto the predicted ones about their centroids (least squares, :func:`umeyama_sim3`): a
+    turned cloud gives PnP a turned camera. Points in the dataset frame, metres; ``mask_NHW`` marks the pixels with
+    a true point. Returns the medians ``eval/student_vs_gt/frame_offset_cm_median`` (of
+    the offsets' lengths) and ``eval/student_vs_gt/frame_turn_deg_median``."""
+    lengths, turns = [], []
+    for row, pred_hw3, true_hw3, mask_hw, cam2world_44 in zip(rows, pred_NHW3, true_NHW3, mask_NHW, cam2world_N44):
+        pred_N3, true_N3 = pred_hw3[mask_hw], true_hw3[mask_hw]
+        offset_3 = (pred_N3 - true_N3).mean(0) @ cam2world_44[:3, :3] if len(true_N3) else np.full(3, np.nan)
         row.update({f"student_offset_{axis}_cm": 100 * float(v) for axis, v in zip("xyz", offset_3)})
         lengths.append(100 * np.linalg.norm(offset_3))
-    lengths = np.array(lengths)
-    finite = lengths[np.isfinite(lengths)]
-    return {"eval/student_vs_gt/frame_offset_cm_median": float(np.median(finite)) if finite.size else float("nan")}
+        turns.append(frame_turn_deg(true_N3, pred_N3))
+        row["student_turn_deg"] = turns[-1]
+    return {"eval/student_vs_gt/frame_offset_cm_median": _finite_median(lengths),
+            "eval/student_vs_gt/frame_turn_deg_median": _finite_median(turns)}
+
+
+def frame_turn_deg(true_N3: np.ndarray, pred_N3: np.ndarray) -> float:
+    """Angle (degrees) of the least-squares rotation taking ``true_N3`` onto ``pred_N3`` about their centroids (NaN
+    for fewer than 3 points)."""
+    if len(true_N3) < 3:
+        return float("nan")
+    _, R_33, _ = umeyama_sim3(true_N3, pred_N3, with_scale=False)
+    return float(np.degrees(np.arccos(np.clip((np.trace(R_33) - 1) / 2, -1.0, 1.0))))
+
+
+def _finite_median(values: list[float]) -> float:
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    return float(np.median(finite)) if finite.size else float("nan")
 
 
 def localize_frames(fr: Frames, S_44: np.ndarray | None, reprojection_px: float, iterations: int = 1000,

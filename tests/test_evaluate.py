@@ -16,7 +16,7 @@ from lit3d.evaluate import (EvalOptions, evaluate_run, labels_to_gt, main, neare
                             run_config)
 from lit3d.export import read_ply
 from lit3d.fit import fit
-from lit3d.geometry import look_at, transform_points
+from lit3d.geometry import look_at, quaternion_to_rotation, transform_points
 from lit3d.metrics.localization import choose_setting, localize, pose_errors, tuning_grid
 from testkit import one_line_error
 
@@ -74,6 +74,26 @@ def test_point_errors_report_each_frames_offset_in_its_camera_axes():
     np.testing.assert_allclose([rows[0][f"student_offset_{a}_cm"] for a in "xyz"], [1.0, -2.0, 3.0], atol=1e-9)
     assert all(np.isnan(rows[1][f"student_offset_{a}_cm"]) for a in "xyz")  # no pose: no camera axes
     assert metrics["eval/student_vs_gt/frame_offset_cm_median"] == pytest.approx(np.sqrt(14))
+
+
+def test_point_errors_report_how_far_each_frames_cloud_is_turned():
+    rng = np.random.default_rng(1)
+    gt_NHW3 = rng.normal(size=(2, 6, 8, 3))
+    axis_3 = rng.normal(size=3)
+    axis_3 /= np.linalg.norm(axis_3)
+    turn_33 = quaternion_to_rotation(np.r_[np.cos(np.radians(3.5)), np.sin(np.radians(3.5)) * axis_3])  # 7 deg
+    pivot_3 = np.array([2.0, -1.0, 0.5])  # a turn about any point is one about the centroid plus a shift
+    student_NHW3 = gt_NHW3.copy()
+    student_NHW3[0] = (gt_NHW3[0] - pivot_3) @ turn_33.T + pivot_3 + rng.normal(scale=1e-3, size=(6, 8, 3))
+    student_NHW3[1] += np.array([0.1, 0.2, -0.3])  # shifted, not turned
+    valid_NHW = np.ones((2, 6, 8), bool)
+    fr = runs.Frames(names=["a", "b"], images_NHW3=np.zeros((2, 6, 8, 3), np.uint8), teacher_NHW3=gt_NHW3,
+                     valid_NHW=valid_NHW, student_NHW3=student_NHW3, gt_NHW3=gt_NHW3, gt_valid_NHW=valid_NHW,
+                     K_N33=np.stack([np.eye(3)] * 2), cam2world_N44=np.stack([np.eye(4)] * 2), ms_per_image=0.0)
+    rows, metrics = runs.point_errors(fr, np.eye(4))
+    assert rows[0]["student_turn_deg"] == pytest.approx(7.0, abs=0.05)
+    assert rows[1]["student_turn_deg"] == pytest.approx(0.0, abs=1e-5)
+    assert metrics["eval/student_vs_gt/frame_turn_deg_median"] == pytest.approx(3.5, abs=0.03)
 
 
 def test_labels_in_another_frame_are_mapped_back_for_gt_errors_and_poses(tiny_cfg):
