@@ -25,13 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from lit3d.cache import LabelCache, build_labels
 from lit3d.geometry import transform_points
 from lit3d.metrics.coverage import generalisation, summarize_generalisation
 from lit3d.metrics.localization import choose_setting, tuning_grid
 from lit3d.runs import (Frames, checkpoint_path, default_reprojection_px, labels_to_gt, load_frames, localize_frames,
-                        merge_metrics, nearest_rigid, point_errors, pose_to_gt, resolve_device, run_config, write_csv)
+                        merge_metrics, nearest_rigid, point_errors, pose_to_gt, resolve_device, run_config,
+                        with_ensemble, write_csv)
 from lit3d.students.checkpoints import CheckpointFileError
 from lit3d.students.module import StudentModule
 from lit3d.students.tta import TestTimeOptions
@@ -78,6 +80,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
     ckpt = checkpoint_path(run_dir, opt.checkpoint)
     module = StudentModule.load(ckpt)
     check_run_student(module, cfg, ckpt)
+    predictor = with_ensemble(run_dir, module, opt.ensemble)  # the exports stay the run's own student
     size = tuple(module.hparams.img_size)
     cache, _ = build_labels(cfg)
     names = cache.split.get(opt.split) or []
@@ -85,14 +88,14 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
         raise ValueError(f"label cache {cache.root} has no {opt.split!r} frames")
     info = cache.labels_info
     log.info("evaluating %s (%s) on %d %s frames of %s", run_dir, ckpt.name, len(names), opt.split, cache.root)
-    fr = load_frames(cache, names, module, cfg.loader.batch_size, device, tta=opt)
+    fr = load_frames(cache, names, predictor, cfg.loader.batch_size, device, tta=opt)
     check_finite_predictions(fr, ckpt, opt.split)
     S_44, alignment = (labels_to_gt(cache, cache.split.get("train") or names) if fr.gt_valid_NHW.any()
                        else (None, "none (no depth and poses)"))
     loc = {"reprojection_px": opt.reprojection_px or default_reprojection_px(size[1]), "iterations": 1000,
            "refine": True}
     if opt.tune:
-        loc = tune_localization(run_dir, cache, module, cfg.loader.batch_size, device, S_44, opt)
+        loc = tune_localization(run_dir, cache, predictor, cfg.loader.batch_size, device, S_44, opt)
     else:
         (run_dir / "eval_tuning.csv").unlink(missing_ok=True)  # a stale table would not describe these settings
     err_rows, metrics = point_errors(fr, S_44)
@@ -172,7 +175,7 @@ def check_finite_metrics(metrics: dict, ckpt: Path) -> None:
                          f"nothing was written")
 
 
-def tune_localization(run_dir: Path, cache: LabelCache, module: StudentModule, batch_size: int, device,
+def tune_localization(run_dir: Path, cache: LabelCache, module: torch.nn.Module, batch_size: int, device,
                       S_44: np.ndarray | None, tta: TestTimeOptions | None = None) -> dict:
     """Localization settings (``reprojection_px``, ``iterations``, ``refine``) chosen on the validation frames from
     :func:`tuning_grid` by :func:`choose_setting` (their points predicted as the evaluated split's, ``tta``);

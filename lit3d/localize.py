@@ -18,6 +18,7 @@ the same path for notebooks and returns :class:`PoseResult` per image.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -36,7 +37,8 @@ from lit3d.cameras import (CameraFileError, check_intrinsics, hloc_line, read_co
 from lit3d.data.io import image_size, read_rgb, resize_rgb
 from lit3d.geometry import invert_pose, project, scale_intrinsics, transform_points
 from lit3d.metrics.localization import localize as pnp_ransac
-from lit3d.runs import checkpoint_path, default_reprojection_px, predict, read_metrics, resolve_device, run_config
+from lit3d.runs import (checkpoint_path, default_reprojection_px, predict, read_metrics, resolve_device, run_config,
+                        with_ensemble)
 from lit3d.students.tta import TestTimeOptions
 
 log = logging.getLogger("lit3d.localize")
@@ -131,6 +133,8 @@ def load_model(source: str | Path | torch.nn.Module, checkpoint: str = "best", d
     mapping images in [0, 1] to world points with ``hparams.img_size``; ``labels_info`` gives its frame/unit);
     its points averaged over ``tta``'s copies of each image when that is given and on."""
     wrap = tta.wrap if tta else (lambda m: m)
+    if tta and tta.ensemble and not (isinstance(source, (str, Path)) and Path(source).is_dir()):
+        raise ValueError(f"ensemble: {source} is not a run directory; only run directories' students are averaged")
     if isinstance(source, torch.nn.Module):
         dev, net = resolve_device(device), wrap(source)
         info = labels_info or {}
@@ -142,10 +146,11 @@ def load_model(source: str | Path | torch.nn.Module, checkpoint: str = "best", d
         from lit3d.students.module import StudentModule
 
         ckpt = checkpoint_path(path, checkpoint)
-        module = StudentModule.load(ckpt).eval()
+        module = with_ensemble(path, StudentModule.load(ckpt).eval(), tta.ensemble if tta else [])
         metrics = read_metrics(path)
         info = {"frame": metrics.get("labels/frame", "unknown"), "unit": metrics.get("labels/unit", "unknown")}
-        model = load_model(module, device=device, labels_info=info, tta=tta)
+        members_done = dataclasses.replace(tta, ensemble=[]) if tta else None  # averaged in above
+        model = load_model(module, device=device, labels_info=info, tta=members_done)
         model.source, model.batch_size = str(ckpt), run_config(path).loader.batch_size
         return model
     if path.suffix in (".onnx", ".ts", ".pt") and path.is_file():

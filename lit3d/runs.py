@@ -34,6 +34,7 @@ from lit3d.geometry import backproject_depth, nearest_rotation, transform_points
 from lit3d.metrics.localization import localize, pose_errors, summarize
 from lit3d.metrics.pointmap import error_summary
 from lit3d.students.checkpoints import REFINED_FROM, current_hash, load_checkpoint
+from lit3d.students.ensemble import PointEnsemble
 from lit3d.students.module import StudentModule
 from lit3d.students.tta import TestTimeOptions
 
@@ -114,6 +115,28 @@ def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
     if not Path(which).is_file():
         raise FileNotFoundError(f"checkpoint {which} not found")
     return Path(which)
+
+
+LABEL_KEYS = ("cache_dir", "data", "pairs", "teacher", "align")
+"""The config sections that decide a run's label cache (its frame, split and labels)."""
+
+
+def with_ensemble(run_dir: str | Path, module: torch.nn.Module, members: list[str]) -> torch.nn.Module:
+    """``module`` (the student of ``run_dir``) alone, or averaged with the students of the run directories
+    ``members`` (each its ``best`` checkpoint; :class:`PointEnsemble`). Each member must have been trained on the
+    labels of ``run_dir`` (the same ``LABEL_KEYS`` in its config.yaml): other labels may lie in another frame."""
+    if not members:
+        return module
+    ours = run_config(run_dir)
+    students = [module]
+    for member in members:
+        theirs = run_config(member)
+        differ = [k for k in LABEL_KEYS if getattr(theirs, k) != getattr(ours, k)]
+        if differ:
+            raise ValueError(f"ensemble member {member}: trained on other labels than {run_dir} (its {differ[0]} "
+                             f"differs); only students of the same label cache can be averaged")
+        students.append(StudentModule.load(checkpoint_path(member, "best")))
+    return PointEnsemble(students)
 
 
 def _refined_from(run_dir: Path, sources: list[Path]) -> bool:
@@ -412,7 +435,7 @@ class Frames:
     """Student forward time per image, ms."""
 
 
-def load_frames(cache: LabelCache, names: list[str], module: StudentModule, batch_size: int,
+def load_frames(cache: LabelCache, names: list[str], module: torch.nn.Module, batch_size: int,
                 device: torch.device | str = "cpu", tta: TestTimeOptions | None = None) -> Frames:
     """Frames ``names`` of ``cache`` resized to the student's input, predicted by ``module`` (averaged over
     ``tta``'s copies of each image when it is given and on)."""

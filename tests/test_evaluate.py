@@ -7,17 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import lit3d.evaluate
 from lit3d import runs
 from lit3d.cache import build_labels
+from lit3d.config import to_yaml
 from lit3d.data.synthetic import MIN_TEST_PATH_DISTANCE
 from lit3d.evaluate import (EvalOptions, evaluate_run, labels_to_gt, main, nearest_rigid, parse_args, pose_to_gt,
                             run_config)
 from lit3d.export import read_ply
 from lit3d.fit import fit
 from lit3d.geometry import look_at, quaternion_to_rotation, transform_points
+from lit3d.localize import load_model
 from lit3d.metrics.localization import choose_setting, localize, pose_errors, tuning_grid
+from lit3d.students.tta import TestTimeOptions
 from testkit import one_line_error
 
 LOC_KEYS = ("acc_2cm2deg", "acc_5cm5deg", "acc_10cm10deg", "median_t_cm", "median_r_deg", "inlier_ratio",
@@ -94,6 +98,22 @@ def test_point_errors_report_how_far_each_frames_cloud_is_turned():
     assert rows[0]["student_turn_deg"] == pytest.approx(7.0, abs=0.05)
     assert rows[1]["student_turn_deg"] == pytest.approx(0.0, abs=1e-5)
     assert metrics["eval/student_vs_gt/frame_turn_deg_median"] == pytest.approx(3.5, abs=0.03)
+
+
+def test_ensemble_members_must_be_run_directories_trained_on_the_same_labels(tiny_cfg, tmp_path):
+    student = torch.nn.Identity()
+    ours, other_seed, other_split = (tiny_cfg(f"run_dir={tmp_path / n}", *extra) for n, extra in (
+        ("a", []), ("b", ["seed=3"]), ("c", ["data.test_path_frames=2"])))
+    for cfg in (ours, other_seed, other_split):
+        Path(cfg.run_dir).mkdir()
+        (Path(cfg.run_dir) / "config.yaml").write_text(to_yaml(cfg))
+    assert runs.with_ensemble(ours.run_dir, student, []) is student
+    with pytest.raises(FileNotFoundError, match="no best checkpoint"):  # same labels: passes the check, loads
+        runs.with_ensemble(ours.run_dir, student, [other_seed.run_dir])
+    with pytest.raises(ValueError, match=r"ensemble member .*c: trained on other labels .*\(its data differs\)"):
+        runs.with_ensemble(ours.run_dir, student, [other_split.run_dir])
+    with pytest.raises(ValueError, match="not a run directory"):
+        load_model(tmp_path / "student.onnx", tta=TestTimeOptions(ensemble=[ours.run_dir]))
 
 
 def test_labels_in_another_frame_are_mapped_back_for_gt_errors_and_poses(tiny_cfg):
@@ -177,6 +197,10 @@ def test_evaluate_a_tiny_run(tiny_cfg, caplog, monkeypatch):
     single = evaluate_run(run, options=EvalOptions(tta=False, exports=False, figure_frames=1))
     assert (single["eval/tta_views"], single["eval/tta_reduce"], single["eval/tta_original"]) == (1, "none", "none")
     assert single["eval/student_vs_teacher/l2_mean"] != metrics["eval/student_vs_teacher/l2_mean"]
+    # the run's student averaged with itself is that student: checks the plumbing (the mean: test_ensemble.py)
+    pair = evaluate_run(run, options=EvalOptions(tta=False, exports=False, figure_frames=1, ensemble=[str(run)]))
+    assert pair["eval/ensemble"] == str(run) and single["eval/ensemble"] == "none"
+    assert pair["eval/student_vs_teacher/l2_mean"] == pytest.approx(single["eval/student_vs_teacher/l2_mean"])
 
     # a re-run without exports keeps the export keys and replaces the rest
     again = evaluate_run(run, options=EvalOptions(checkpoint="last", exports=False, figure_frames=1))

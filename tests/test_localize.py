@@ -256,6 +256,11 @@ def test_localize_the_kitchen_sample_like_evaluate(tmp_path, caplog):
         "tta_views": 9, "tta_reduce": "mean", "tta_original": True}
     for q, expected in zip(out["queries"], poses["student"]):
         assert q["status"] == "ok" and np.array_equal(np.array(q["cam2world"]), expected)
+    # the run's student averaged with itself (ensemble) is that student: the same poses through the CLI
+    assert main([str(run), str(tmp_path / "queries.txt"), f"intrinsics={SAMPLE / 'camera-intrinsics.txt'}",
+                 f"ensemble=[{run}]", f"out={tmp_path / 'pair'}"]) == 0
+    pair = json.loads((tmp_path / "pair" / "poses.json").read_text())
+    assert [q["cam2world"] for q in pair["queries"]] == [q["cam2world"] for q in out["queries"]]
     # and evaluate's per-frame errors (eval_frames.csv) are those of these poses
     import csv
 

@@ -45,6 +45,11 @@ class TestTimeOptions:
     a pixel takes the copies that see it, and the unwarped image's points only where none does; with one rotation
     and one scale (``tta_rotations_deg=[10] tta_scales=[1]``) that scores a single copy."""
 
+    ensemble: list[str] = field(default_factory=list)
+    """Run directories of further students trained on the same label cache (e.g. other seeds): each pixel's point
+    is the mean of every student's (each over the copies when ``tta`` is on), one forward per student
+    (``lit3d.students.ensemble``)."""
+
     def __post_init__(self) -> None:
         similarity_warps(self.tta_rotations_deg, self.tta_scales)  # bad values fail where the options are read
         if self.tta_reduce not in REDUCTIONS:
@@ -62,9 +67,10 @@ class TestTimeOptions:
 
     def record(self) -> dict[str, object]:
         """How the copies were combined, as the commands record it (``none`` for both without test-time
-        augmentation)."""
+        augmentation), and the further students averaged in (``none``: the run's alone)."""
         return {"tta_reduce": self.tta_reduce if self.tta else "none",
-                "tta_original": self.tta_original if self.tta else "none"}
+                "tta_original": self.tta_original if self.tta else "none",
+                "ensemble": ",".join(self.ensemble) or "none"}
 
 
 REDUCTIONS = ("mean", "median")

@@ -147,8 +147,10 @@ def test_views_options_and_bad_values():
         TestTimeOptions(tta_reduce="mode")
     assert TestTimeOptions(tta_reduce="median").wrap(model).reduce == "median"
     assert TestTimeOptions(tta_original=False).wrap(model).original is False
-    assert TestTimeOptions(tta_original=False).record() == {"tta_reduce": "mean", "tta_original": False}
-    assert TestTimeOptions(tta=False).record() == {"tta_reduce": "none", "tta_original": "none"}
+    assert TestTimeOptions(tta_original=False).record() == {"tta_reduce": "mean", "tta_original": False,
+                                                            "ensemble": "none"}
+    assert TestTimeOptions(tta=False, ensemble=["runs/a", "runs/b"]).record() == {
+        "tta_reduce": "none", "tta_original": "none", "ensemble": "runs/a,runs/b"}
 
 
 def test_bad_options_are_one_line_errors_of_the_commands(caplog):
