@@ -30,7 +30,7 @@ from lit3d.cache.store import LabelCache, write_json
 from lit3d.config import ConfigError, FitConfig, from_yaml, load_config
 from lit3d.files import atomic_write_bytes
 from lit3d.locks import LockBusy, file_lock
-from lit3d.geometry import backproject_depth, nearest_rotation, transform_points, umeyama_sim3
+from lit3d.geometry import backproject_depth, nearest_rotation, rotation_angle_deg, transform_points, umeyama_sim3
 from lit3d.metrics.localization import localize, pose_errors, summarize
 from lit3d.metrics.pointmap import error_summary
 from lit3d.students.checkpoints import REFINED_FROM, current_hash, load_checkpoint
@@ -509,7 +509,7 @@ def frame_turn_deg(true_N3: np.ndarray, pred_N3: np.ndarray) -> float:
     if len(true_N3) < 3:
         return float("nan")
     _, R_33, _ = umeyama_sim3(true_N3, pred_N3, with_scale=False)
-    return float(np.degrees(np.arccos(np.clip((np.trace(R_33) - 1) / 2, -1.0, 1.0))))
+    return rotation_angle_deg(np.eye(3), R_33)
 
 
 def _finite_median(values: list[float]) -> float:
