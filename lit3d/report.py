@@ -35,9 +35,11 @@ DEFAULT_METRICS = ("test/l2_mean", "eval/student_vs_gt/l2_mean", "eval/teacher_v
 
 
 def scene_of(config: dict[str, Any]) -> str:
-    """A scene's label: format and folder name, or for the synthetic scene its seed."""
+    """A scene's label: format and folder name, or for the synthetic scene (which has no folder) its seed."""
     fmt, root = config.get("data.format", "?"), config.get("data.root") or ""
-    return f"{fmt}:{Path(root).name or root}" if root else f"{fmt}:seed{config.get('data.seed', 0)}"
+    if fmt == "synthetic" or not root:
+        return f"{fmt}:seed{config.get('data.seed', 0)}"
+    return f"{fmt}:{Path(root).name or root}"
 
 
 def run_record(run_dir: Path) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from lit3d.fit import fit
-from lit3d.report import ReportOptions, find_runs, main, report
+from lit3d.report import ReportOptions, find_runs, main, report, scene_of
 from testkit import one_line_error
 
 
@@ -15,6 +15,12 @@ def _fake_run(path, epochs: int, seed: int, l2: float, fmt: str = "synthetic") -
     (path / "config.yaml").write_text(f"seed: {seed}\ndata:\n  format: {fmt}\n  root: ''\n  seed: 0\n"
                                       f"trainer:\n  max_epochs: {epochs}\n")
     (path / "metrics.json").write_text(json.dumps({"test/l2_mean": l2, "labels/unit": "m"}))
+
+
+def test_a_scene_is_its_folder_or_the_synthetic_seed():
+    # the synthetic scene renders itself from data.seed: a data.root left in its config must not name it
+    assert scene_of({"data.format": "synthetic", "data.root": "data/kitchen", "data.seed": 3}) == "synthetic:seed3"
+    assert scene_of({"data.format": "folder", "data.root": "data/kitchen/", "data.seed": 3}) == "folder:kitchen"
 
 
 def test_groups_by_scene_and_key_with_mean_and_std(tmp_path):

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from lit3d.config import ConfigError, load_config
 from lit3d.sweep import check_configs, main, queue_points, sweep
+from lit3d.sweeps.worker import trial_config
 from lit3d.sweeps.space import grid_points, point_key
 from lit3d.sweeps.spec import load_sweep, params_of
 from lit3d.sweeps.storage import claim_next, db_lock, make_storage, storage_url, top_up
@@ -59,7 +60,7 @@ def test_every_experiment_file_resolves():
     assert (best.trainer.max_epochs, best.student.latent_dim, best.student.depth, best.student.num_heads) == (200, 256, 6, 4)
 
 
-@pytest.mark.parametrize("name", ["epochs", "frozen", "vit_grid", "vit_tpe"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in SWEEPS.glob("*.yaml")))
 @pytest.mark.parametrize("variant", ["", "smoke"])
 def test_shipped_sweeps_resolve(name, variant):
     cfg = load_sweep(SWEEPS / f"{name}.yaml", [f"variant={variant}"] if variant else [])
@@ -68,6 +69,19 @@ def test_shipped_sweeps_resolve(name, variant):
         assert base.data.format == "synthetic" and base.data.num_frames <= 16 and base.trainer.max_epochs <= 2
         assert not getattr(base.student, "pretrained", False)
         assert cfg.name == f"{name}-smoke"
+
+
+def test_trial_configs_keep_every_value_as_written(tmp_path):
+    # an empty string is not null, a name with a comma is one list item, 1e-5 is a float: as when loaded directly
+    spec = tmp_path / "s.yaml"
+    spec.write_text('experiment: smoke\nbase:\n  data.intrinsics: ""\n  "data.test_frames": ["a,b", c]\n'
+                    'sampler: {name: grid}\nspace:\n  optim.weight_decay: [1.0e-5]\n')
+    cfg = load_sweep(spec)
+    got = trial_config(cfg, {"optim.weight_decay": 1.0e-5})
+    want = load_config(["experiment=smoke", "data.intrinsics=''", "data.test_frames=['a,b',c]",
+                        "optim.weight_decay=0.00001"])
+    assert (got.data.intrinsics, got.data.test_frames, got.optim.weight_decay) == ("", ["a,b", "c"], 1.0e-5)
+    assert got == want
 
 
 def test_paper_grid():

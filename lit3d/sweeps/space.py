@@ -74,7 +74,6 @@ def make_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:
 
 
 def config_item(key: str, value: Any) -> str:
-    """``key=value`` as ``lit3d.config.load_config`` parses it (lists in brackets, None as null)."""
-    if isinstance(value, (list, tuple)):
-        return f"{key}=[{','.join(str(v) for v in value)}]"
-    return f"{key}={'null' if value is None else value}"
+    """``key=value`` as ``lit3d.config.load_config`` parses it: the value written as JSON (which YAML reads), so an
+    empty string stays a string rather than null and a name with commas or brackets stays one value."""
+    return f"{key}={json.dumps(value)}"
