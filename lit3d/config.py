@@ -415,6 +415,8 @@ def load_config(args: list[str] | None = None, **overrides: Any) -> FitConfig:
     # ``student=vit`` is sugar for ``student.name=vit``
     dotlist = [f"{a.split('=', 1)[0]}.name={a.split('=', 1)[1]}" if a.split("=", 1)[0] in GROUPS else a
                for a in dotlist]
+    # OmegaConf reads ``key=`` as null, which no field accepts; on a command line it means the empty string
+    dotlist = [f"{a}''" if a.endswith("=") else a for a in dotlist]
     try:
         raw = OmegaConf.merge(_experiment_yaml(experiment) if experiment else OmegaConf.create(),
                               OmegaConf.from_dotlist(dotlist))

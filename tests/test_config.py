@@ -46,6 +46,14 @@ def test_experiment_yaml_then_cli_overrides(tmp_path):
         load_config(["experiment=nope"])
 
 
+def test_an_empty_value_on_the_command_line_clears_a_text_key(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("data:\n  intrinsics: calib/K.txt\n")
+    assert load_config([f"experiment={path}", "data.intrinsics="]).data.intrinsics == ""
+    with pytest.raises(ConfigError, match="data.resolution"):  # a list is cleared with [], not an empty value
+        load_config(["data.resolution="])
+
+
 @pytest.mark.parametrize("args, data_hw, loader_hw", [
     ([], [96, 128], [96, 128]),  # the synthetic scene's default (its 10-minute default run)
     (["data.format=folder", "data.root=x"], [192, 256], [192, 256]),  # recorded images
