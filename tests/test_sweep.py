@@ -16,10 +16,10 @@ from optuna.trial import TrialState
 
 from lit3d.config import ConfigError, load_config
 from lit3d.sweep import check_configs, main, queue_points, sweep
-from lit3d.sweeps.worker import trial_config
 from lit3d.sweeps.space import grid_points, point_key
 from lit3d.sweeps.spec import load_sweep, params_of
 from lit3d.sweeps.storage import claim_next, db_lock, make_storage, storage_url, top_up
+from lit3d.sweeps.worker import trial_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = ROOT / "sweeps"
