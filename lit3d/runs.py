@@ -135,7 +135,7 @@ def with_ensemble(run_dir: str | Path, module: torch.nn.Module, members: list[st
         if differ:
             raise ValueError(f"ensemble member {member}: trained on other labels than {run_dir} (its {differ[0]} "
                              f"differs); only students of the same label cache can be averaged")
-        students.append(StudentModule.load(checkpoint_path(member, "best")))
+        students.append(load_student(member))
     return PointEnsemble(students)
 
 

@@ -1,5 +1,6 @@
-"""Several students' world points averaged pixel by pixel: students trained on the same labels with other seeds
-are wrong in different ways on new viewpoints, and their mean cancels part of it (the README measures it)."""
+"""Several students' world points averaged pixel by pixel (students trained on the same labels, e.g. other seeds).
+The mean cancels the part of their errors on new viewpoints that differs between them: much for half-trained
+students, nothing on the kitchen stretch for finished ones, which erred alike there (the README measures both)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
