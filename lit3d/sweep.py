@@ -20,9 +20,9 @@ from lit3d.cli import command
 from lit3d.config import FitConfig, field_docs
 from lit3d.files import atomic_write_bytes
 from lit3d.sweeps.space import grid_points, make_pruner, make_sampler
-from lit3d.sweeps.spec import ParamSpec, SweepConfig, flatten, load_sweep, params_of, to_yaml
+from lit3d.sweeps.spec import ParamSpec, SweepConfig, flatten, is_evaluation_metric, load_sweep, params_of, to_yaml
 from lit3d.sweeps.storage import check_spec, db_lock, make_storage, redact, retried, storage_url, top_up
-from lit3d.sweeps.worker import FitFn, Objective, run_worker, trial_config
+from lit3d.sweeps.worker import EvaluateFn, FitFn, Objective, run_worker, trial_config
 
 log = logging.getLogger("lit3d.sweep")
 
@@ -49,14 +49,20 @@ def check_configs(cfg: SweepConfig) -> FitConfig:
     return base
 
 
-def sweep(cfg: SweepConfig, fit_fn: FitFn | None = None) -> optuna.Study:
+def sweep(cfg: SweepConfig, fit_fn: FitFn | None = None, evaluate_fn: EvaluateFn | None = None) -> optuna.Study:
     """Create or resume the study of ``cfg``, run trials until the queue is empty, and return the study.
 
-    ``fit_fn`` replaces :func:`lit3d.fit.fit` (tests); it takes ``(cfg, callbacks=[...])``.
+    ``fit_fn`` and ``evaluate_fn`` replace :func:`lit3d.fit.fit` and :func:`lit3d.evaluate.evaluate_run` (tests).
     """
     if fit_fn is None:
         from lit3d.fit import fit as fit_fn
     base = check_configs(cfg)
+    if cfg.pruner.name != "none" and not cfg.objective.metric.startswith("val"):
+        log.warning("pruner %s follows the validation curve, and objective %s is no val/* metric: no trial is "
+                    "pruned", cfg.pruner.name, cfg.objective.metric)
+    if is_evaluation_metric(cfg.objective.metric) and cfg.evaluate.split == "test":
+        log.warning("objective %s is measured on the test frames: the best trial's test figure is then chosen on "
+                    "them and overstates what a new run gives; choose on evaluate.split=val", cfg.objective.metric)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     url = storage_url(cfg)
@@ -72,7 +78,7 @@ def sweep(cfg: SweepConfig, fit_fn: FitFn | None = None) -> optuna.Study:
     queued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     log.info("study %s in %s: %d trials queued (%d new); run directories in %s", cfg.name, redact(url), queued,
              added, out)
-    ran = run_worker(study, storage, url, cfg, Objective(cfg, fit_fn))
+    ran = run_worker(study, storage, url, cfg, Objective(cfg, fit_fn, evaluate_fn))
     report(study, cfg, ran)
     return study
 

@@ -1,6 +1,8 @@
 """Sweeps: shipped files resolve, the queue runs each trial once, resumes, retries dead workers, PostgreSQL."""
 from __future__ import annotations
 
+import csv
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from lit3d.config import ConfigError, load_config
+from lit3d.report import main as report_main
 from lit3d.sweep import check_configs, main, queue_points, sweep
 from lit3d.sweeps.space import grid_points, point_key
 from lit3d.sweeps.spec import load_sweep, params_of
@@ -43,6 +46,20 @@ class FakeFit:
         if len(self.calls) in self.raise_on:
             raise self.raise_on[len(self.calls)]
         return {"val/l2_mean": cfg.student.patch_size + cfg.student.latent_dim / 100, "test/l2_mean": 1.0}
+
+
+class FakeEvaluate:
+    """Stands in for lit3d.evaluate.evaluate_run: records its calls, scores a run by its trial number."""
+
+    def __init__(self, fail: bool = False):
+        self.calls: list[tuple[Path, list, object]] = []
+        self.fail = fail
+
+    def __call__(self, run_dir, overrides, options) -> dict[str, float]:
+        self.calls.append((Path(run_dir), overrides, options))
+        if self.fail:
+            raise ValueError("label cache has no 'val' frames")
+        return {"loc/acc_5cm5deg": int(Path(run_dir).name[-4:]) / 10, "eval/split": options.split}
 
 
 def states(study: optuna.Study) -> list[str]:
@@ -82,6 +99,12 @@ def test_trial_configs_keep_every_value_as_written(tmp_path):
                         "optim.weight_decay=0.00001"])
     assert (got.data.intrinsics, got.data.test_frames, got.optim.weight_decay) == ("", ["a,b", "c"], 1.0e-5)
     assert got == want
+    # the same keys on the command line: as load_config reads them there
+    args = ["data.intrinsics=", "data.test_frames=['a,b',c]", "data.val_block=[frame-000100,frame-000199]",
+            "data.stride=2"]
+    got = trial_config(load_sweep(spec, args), {"optim.weight_decay": 1.0e-5})
+    assert got == load_config(["experiment=smoke", *args, "optim.weight_decay=0.00001"])
+    assert got.data.val_block == ["frame-000100", "frame-000199"] and got.data.stride == 2
 
 
 def test_paper_grid():
@@ -95,7 +118,7 @@ def test_paper_grid():
 def test_overrides_go_to_sweep_or_base(tmp_path):
     cfg = smoke_cfg(tmp_path, "n_trials=2", "trainer.max_epochs=3", "storage.retries=0", "sampler.seed=5")
     assert (cfg.n_trials, cfg.storage.retries, cfg.sampler.seed) == (2, 0, 5)
-    assert cfg.base["trainer.max_epochs"] == "3" and len(queue_points(cfg)) == 2
+    assert cfg.base["trainer.max_epochs"] == 3 and len(queue_points(cfg)) == 2
     assert check_configs(cfg).trainer.max_epochs == 3
 
 
@@ -105,6 +128,11 @@ def test_overrides_go_to_sweep_or_base(tmp_path):
     (["variant=nope"], "no variant 'nope'"),
     (["space.student.depth.type=bogus"], "type 'bogus'"),
     (["sampler.name=tpe", "n_trials=0"], "n_trials must be > 0"),
+    (["objective.metric=loc/acc_5cm5deg"], "comes from lit3d evaluate, which this sweep does not run"),
+    (["evaluate.split=tst"], "evaluate.split='tst' is not one of train, val, test"),
+    (["evaluate.split=val", "evaluate.tta_reduc=mean"], "unknown sweep key 'evaluate.tta_reduc'; valid keys of "
+                                                       "evaluate: tta, "),
+    (["evaluate.split=val", "evaluate.tta_reduce=mode"], "invalid value for 'tta_reduce': 'mode'"),
 ])
 def test_bad_sweeps_are_config_errors(tmp_path, args, message):
     with pytest.raises(ConfigError, match=message):
@@ -154,6 +182,34 @@ def test_failing_trial_is_recorded_and_skipped(tmp_path):
     rerun = FakeFit()
     sweep(cfg, rerun)
     assert rerun.calls == []  # a failed trial is skipped, not retried: it would fail again
+
+
+def test_trials_are_evaluated_and_ranked_by_localization(tmp_path):
+    cfg = smoke_cfg(tmp_path, "evaluate.split=val", "evaluate.tta=false", "objective.metric=loc/acc_5cm5deg",
+                    "objective.direction=maximize")
+    fit, evaluate = FakeFit(), FakeEvaluate()
+    study = sweep(cfg, fit, evaluate)
+    assert [Path(run).name for run, _, _ in evaluate.calls] == [Path(run).name for run in fit.calls]
+    assert all(o.split == "val" and not o.tta and not o.exports for _, _, o in evaluate.calls)
+    assert [t.value for t in study.trials] == [0.0, 0.1, 0.2, 0.3]  # the evaluation's value, not val/l2_mean
+    assert study.best_trial.number == 3
+    assert all(t.user_attrs["eval/split"] == "val" and "test/l2_mean" in t.user_attrs for t in study.trials)
+    with pytest.raises(ConfigError, match="exists with another objective"):  # ranked by another evaluation now
+        sweep(smoke_cfg(tmp_path, "evaluate.split=val", "objective.metric=loc/acc_5cm5deg",
+                        "objective.direction=maximize"), FakeFit(), FakeEvaluate())
+
+
+def test_an_evaluation_records_beside_an_unchanged_objective_and_its_failure_fails_the_trial(tmp_path):
+    study = sweep(smoke_cfg(tmp_path, "evaluate.split=test", "n_trials=1"), FakeFit(), FakeEvaluate())
+    assert study.trials[0].value == 8.16 and study.trials[0].user_attrs["loc/acc_5cm5deg"] == 0.0  # val/l2_mean
+    plain = FakeEvaluate()
+    sweep(smoke_cfg(tmp_path / "plain", "n_trials=1"), FakeFit(), plain)
+    assert plain.calls == []  # evaluate.split='' (the default): no evaluation
+    failing = sweep(smoke_cfg(tmp_path / "failing", "evaluate.split=val", "n_trials=1"), FakeFit(),
+                    FakeEvaluate(fail=True))
+    trial = failing.trials[0]
+    assert trial.state == TrialState.FAIL and "no 'val' frames" in trial.user_attrs["fail_reason"]
+    assert trial.user_attrs["test/l2_mean"] == 1.0  # what fit measured is kept
 
 
 def test_tpe_budget_counts_over_reruns(tmp_path):
@@ -239,6 +295,28 @@ def test_smoke_vit_grid_runs_interrupted_and_resumed(tmp_path):
         assert t.value == pytest.approx(t.user_attrs["val/l2_mean"])  # one epoch: best = last validation
         assert "test/l2_mean" in t.user_attrs and "model/params" in t.user_attrs
     assert main(args) == 0 and len(study.get_trials()) == 5  # finished: nothing left to run
+
+
+@pytest.mark.slow
+def test_seed_sweep_records_each_trials_localization_for_the_report(tmp_path):
+    args = [str(SWEEPS / "seeds.yaml"), "variant=smoke", f"output_dir={tmp_path / 'sweep'}",
+            f"cache_dir={tmp_path / 'cache'}", "evaluate.tta=false"]
+    assert main(args) == 0
+    cfg = load_sweep(args[0], args[1:])
+    study = optuna.load_study(study_name=cfg.name, storage=storage_url(cfg))
+    assert states(study) == ["COMPLETE", "COMPLETE"]
+    for t in study.trials:
+        saved = json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())
+        assert saved["eval/split"] == "test" and saved["eval/tta_views"] == 1.0
+        assert saved["eval/n_frames"] == 4.0  # the smoke scene's test path
+        assert t.user_attrs["loc/acc_5cm5deg"] == saved["loc/acc_5cm5deg"]
+        assert t.user_attrs["eval/student_vs_gt/l2_mean"] == saved["eval/student_vs_gt/l2_mean"]
+    assert report_main([str(tmp_path / "sweep"), "metrics=[loc/acc_5cm5deg]", f"out={tmp_path / 'report'}"]) == 0
+    with open(tmp_path / "report" / "report.csv", newline="") as f:
+        (row,) = csv.DictReader(f)  # one scene, its two seeds
+    assert row["n_runs"] == "2" and row["loc/acc_5cm5deg n"] == "2"
+    want = [t.user_attrs["loc/acc_5cm5deg"] for t in study.trials]
+    assert float(row["loc/acc_5cm5deg"]) == pytest.approx(sum(want) / 2)
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lit3d.config import ConfigError, check_keys
+from lit3d.evaluate import EVAL_PREFIXES, EvalOptions
 
 PARAM_TYPES = ("categorical", "int", "float")
 
@@ -46,6 +47,20 @@ class ObjectiveConfig:
     """minimize or maximize."""
     reduce: str = "best"
     """For ``val/*`` metrics: best (the epoch whose checkpoint is tested) or last validation value."""
+
+
+@dataclass
+class TrialEvaluation(EvalOptions):
+    """``lit3d evaluate`` of every finished trial: the split, then any option of the command (``tta``, ``tune``,
+    ``reprojection_px``, ...; ``lit3d evaluate --help``)."""
+
+    split: str = ""
+    """Split each finished trial is evaluated on ('' = none): ``val`` to choose between trials on validation frames
+    (new viewpoints with ``data.val_block``), ``test`` to record the held-out figures. The evaluation's metrics
+    (``loc/*``, ``eval/*``, ``gen/*``) join the trial's user attributes and its ``metrics.json``, and
+    ``objective.metric`` may name one (``loc/acc_5cm5deg`` with ``objective.direction=maximize``)."""
+    exports: bool = False
+    """Also write each trial's PLY clouds and ONNX / TorchScript student (off: a sweep compares recipes)."""
 
 
 @dataclass
@@ -97,6 +112,7 @@ class SweepConfig:
     space: dict[str, Any] = field(default_factory=dict)
     """Searched config keys -> ParamSpec (a list is a categorical)."""
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    evaluate: TrialEvaluation = field(default_factory=TrialEvaluation)
     n_trials: int = 0
     """Trials to finish, counted over all workers (0 = every grid point; required for tpe/random)."""
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -113,6 +129,8 @@ class SweepConfig:
 
 
 SWEEP_KEYS = {f.name for f in dataclasses.fields(SweepConfig)}
+SPLITS = ("train", "val", "test")
+"""Splits of a label cache that ``evaluate.split`` may name."""
 
 
 def split_args(args: list[str]) -> tuple[list[str], list[str]]:
@@ -191,16 +209,25 @@ def load_sweep(path: str | Path, args: list[str] | None = None) -> SweepConfig:
         schema = OmegaConf.structured(SweepConfig)
         check_keys(raw, schema, what="sweep", free=("base", "space", "variants"))
         cfg: SweepConfig = OmegaConf.to_object(OmegaConf.merge(schema, raw))
-    except OmegaConfBaseException as e:
+    except (OmegaConfBaseException, ValueError) as e:  # ValueError: a value the options' own checks refuse
         raise ConfigError(f"sweep file {path}: {str(e).splitlines()[0]}") from None
     cfg.variant = variant
     cfg.base = flatten(cfg.base)
-    cfg.base.update(item.split("=", 1) for item in base_args)  # command-line base keys win
+    cfg.base.update(command_line_value(item) for item in base_args)  # command-line base keys win
     cfg.space = {k: dataclasses.asdict(parse_param(k, v)) for k, v in flatten(cfg.space, leaf=_is_param).items()}
     cfg.name = cfg.name or path.stem + (f"-{variant}" if variant else "")
     cfg.output_dir = cfg.output_dir or str(Path("runs") / "sweeps" / cfg.name)
     _validate(cfg)
     return cfg
+
+
+def command_line_value(item: str) -> tuple[str, Any]:
+    """``(key, value)`` of a command line's ``key=value``, the value typed as ``load_config`` reads it (YAML:
+    ``[a,b]`` a list, ``3`` a number) and ``key=`` the empty string."""
+    key, _, value = item.partition("=")
+    if not value:
+        return key, ""
+    return key, OmegaConf.to_container(OmegaConf.from_dotlist([f"value={value}"]))["value"]
 
 
 def _validate(cfg: SweepConfig) -> None:
@@ -217,6 +244,16 @@ def _validate(cfg: SweepConfig) -> None:
         raise ConfigError(f"n_trials must be > 0 for sampler.name={cfg.sampler.name}")
     if cfg.storage.heartbeat_interval <= 0 or cfg.storage.retries < 0:
         raise ConfigError("storage.heartbeat_interval must be > 0 and storage.retries >= 0")
+    if cfg.evaluate.split and cfg.evaluate.split not in SPLITS:
+        raise ConfigError(f"evaluate.split={cfg.evaluate.split!r} is not one of {', '.join(SPLITS)} ('' = none)")
+    if is_evaluation_metric(cfg.objective.metric) and not cfg.evaluate.split:
+        raise ConfigError(f"objective.metric={cfg.objective.metric} comes from lit3d evaluate, which this sweep does "
+                          f"not run: set evaluate.split (val: choose on the validation frames)")
+
+
+def is_evaluation_metric(name: str) -> bool:
+    """Whether ``name`` is a metric of ``lit3d evaluate`` (not of ``fit``)."""
+    return name.startswith(EVAL_PREFIXES)
 
 
 def params_of(cfg: SweepConfig) -> dict[str, ParamSpec]:

@@ -8,6 +8,7 @@ copy with the same parameters (up to ``storage.retries`` times, then it stays FA
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import inspect
@@ -25,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lit3d.config import ConfigError
 from lit3d.sweeps.space import point_key
-from lit3d.sweeps.spec import StorageConfig, SweepConfig
+from lit3d.sweeps.spec import StorageConfig, SweepConfig, is_evaluation_metric
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,8 @@ def check_spec(study: optuna.Study, cfg: SweepConfig, base: dict[str, Any]) -> N
     """Record what the study searches on first use; later, refuse a different search, warn on other configs."""
     spec = {"space": cfg.space, "objective": {"metric": cfg.objective.metric, "direction": cfg.objective.direction,
                                               "reduce": cfg.objective.reduce}, "sampler": cfg.sampler.name}
+    if is_evaluation_metric(cfg.objective.metric):  # then how trials are evaluated is part of what they are ranked by
+        spec["objective"]["evaluate"] = dataclasses.asdict(cfg.evaluate)
     attrs = study.user_attrs
     if SPEC_ATTR not in attrs:
         study.set_user_attr(SPEC_ATTR, spec)

@@ -22,6 +22,8 @@ from lit3d.sweeps.storage import Heartbeat, claim_next, db_lock, fail_stale, req
 log = logging.getLogger(__name__)
 
 FitFn = Callable[..., dict]
+EvaluateFn = Callable[..., dict]
+"""``(run_dir, overrides, options) -> metrics``, as :func:`lit3d.evaluate.evaluate_run`."""
 
 
 class ObjectiveMissing(RuntimeError):
@@ -64,14 +66,17 @@ def trial_config(cfg: SweepConfig, params: dict[str, Any], run_dir: str | Path =
 
 
 class Objective:
-    """Trial -> parameters -> config -> ``fit`` in ``<output_dir>/trial-NNNN`` -> objective value.
+    """Trial -> parameters -> config -> ``fit`` in ``<output_dir>/trial-NNNN`` (-> ``evaluate`` of the run, with
+    ``cfg.evaluate.split``) -> objective value.
 
-    Records as user attributes: run_dir, worker (host:pid), fail_reason, and the final metrics (fit's result
-    and the last validation's ``val*`` metrics).
+    Records as user attributes: run_dir, worker (host:pid), fail_reason, and the final metrics (fit's result,
+    the last validation's ``val*`` metrics and the evaluation's).
     """
 
-    def __init__(self, cfg: SweepConfig, fit_fn: FitFn):
-        self.cfg, self.fit_fn, self.space = cfg, fit_fn, params_of(cfg)
+    def __init__(self, cfg: SweepConfig, fit_fn: FitFn, evaluate_fn: EvaluateFn | None = None):
+        if evaluate_fn is None:
+            from lit3d.evaluate import evaluate_run as evaluate_fn
+        self.cfg, self.fit_fn, self.evaluate_fn, self.space = cfg, fit_fn, evaluate_fn, params_of(cfg)
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest(trial, self.space)
@@ -95,6 +100,9 @@ class Objective:
         except optuna.TrialPruned:
             self._record(trial, history.history[-1] if history.history else {})
             raise
+        if self.cfg.evaluate.split:
+            self._record(trial, metrics)  # kept should the evaluation fail
+            metrics = {**metrics, **self.evaluate_fn(run_dir, [], self.cfg.evaluate)}
         self._record(trial, {**(history.history[-1] if history.history else {}), **metrics})
         return objective_value(self.cfg.objective, metrics, history.history)
 
