@@ -197,6 +197,10 @@ def test_trials_are_evaluated_and_ranked_by_localization(tmp_path):
     with pytest.raises(ConfigError, match="exists with another objective"):  # ranked by another evaluation now
         sweep(smoke_cfg(tmp_path, "evaluate.split=val", "objective.metric=loc/acc_5cm5deg",
                         "objective.direction=maximize"), FakeFit(), FakeEvaluate())
+    # a worker on another machine (its device, no figures) resumes it
+    sweep(smoke_cfg(tmp_path, "evaluate.split=val", "evaluate.tta=false", "objective.metric=loc/acc_5cm5deg",
+                    "objective.direction=maximize", "evaluate.device=cpu", "evaluate.figure_frames=0"),
+          FakeFit(), FakeEvaluate())
 
 
 def test_an_evaluation_records_beside_an_unchanged_objective_and_its_failure_fails_the_trial(tmp_path):

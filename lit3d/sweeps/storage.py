@@ -137,12 +137,17 @@ def top_up(study: optuna.Study, cfg: SweepConfig, points: list[dict[str, Any]] |
     return len(todo)
 
 
+NOT_RANKING_EVALUATION_KEYS = ("device", "exports", "export_atol", "figure_frames")
+"""``evaluate.*`` keys that leave the objective's value unchanged: workers may differ in them."""
+
+
 def check_spec(study: optuna.Study, cfg: SweepConfig, base: dict[str, Any]) -> None:
     """Record what the study searches on first use; later, refuse a different search, warn on other configs."""
     spec = {"space": cfg.space, "objective": {"metric": cfg.objective.metric, "direction": cfg.objective.direction,
                                               "reduce": cfg.objective.reduce}, "sampler": cfg.sampler.name}
     if is_evaluation_metric(cfg.objective.metric):  # then how trials are evaluated is part of what they are ranked by
-        spec["objective"]["evaluate"] = dataclasses.asdict(cfg.evaluate)
+        spec["objective"]["evaluate"] = {k: v for k, v in dataclasses.asdict(cfg.evaluate).items()
+                                         if k not in NOT_RANKING_EVALUATION_KEYS}
     attrs = study.user_attrs
     if SPEC_ATTR not in attrs:
         study.set_user_attr(SPEC_ATTR, spec)
