@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from lit3d.config import FitConfig, load_config
+from lit3d.evaluate import evaluate_run
 from lit3d.sweeps.space import config_item, make_sampler, suggest
 from lit3d.sweeps.spec import ObjectiveConfig, SweepConfig, params_of
 from lit3d.sweeps.storage import Heartbeat, claim_next, db_lock, fail_stale, requeue
@@ -74,9 +75,8 @@ class Objective:
     """
 
     def __init__(self, cfg: SweepConfig, fit_fn: FitFn, evaluate_fn: EvaluateFn | None = None):
-        if evaluate_fn is None:
-            from lit3d.evaluate import evaluate_run as evaluate_fn
-        self.cfg, self.fit_fn, self.evaluate_fn, self.space = cfg, fit_fn, evaluate_fn, params_of(cfg)
+        self.cfg, self.fit_fn, self.space = cfg, fit_fn, params_of(cfg)
+        self.evaluate_fn = evaluate_fn or evaluate_run
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = suggest(trial, self.space)
