@@ -401,6 +401,12 @@ def check_keys(raw: Any, schema: Any, what: str = "config", free: tuple[str, ...
             check_keys(raw[key], schema[key], what, free, f"{full}.")
 
 
+def empty_as_text(item: str) -> str:
+    """A command line's ``key=value`` for OmegaConf: ``key=`` is the empty string (OmegaConf reads it as null,
+    which no field accepts)."""
+    return f"{item}''" if item.endswith("=") else item
+
+
 def load_config(args: list[str] | None = None, **overrides: Any) -> FitConfig:
     """Resolve ``defaults <- experiment yaml <- args (dot-list) <- overrides (dotted keys)``.
 
@@ -415,8 +421,7 @@ def load_config(args: list[str] | None = None, **overrides: Any) -> FitConfig:
     # ``student=vit`` is sugar for ``student.name=vit``
     dotlist = [f"{a.split('=', 1)[0]}.name={a.split('=', 1)[1]}" if a.split("=", 1)[0] in GROUPS else a
                for a in dotlist]
-    # OmegaConf reads ``key=`` as null, which no field accepts; on a command line it means the empty string
-    dotlist = [f"{a}''" if a.endswith("=") else a for a in dotlist]
+    dotlist = [empty_as_text(a) for a in dotlist]
     try:
         raw = OmegaConf.merge(_experiment_yaml(experiment) if experiment else OmegaConf.create(),
                               OmegaConf.from_dotlist(dotlist))

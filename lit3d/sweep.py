@@ -20,7 +20,8 @@ from lit3d.cli import command
 from lit3d.config import FitConfig, field_docs
 from lit3d.files import atomic_write_bytes
 from lit3d.sweeps.space import grid_points, make_pruner, make_sampler
-from lit3d.sweeps.spec import ParamSpec, SweepConfig, flatten, is_evaluation_metric, load_sweep, params_of, to_yaml
+from lit3d.sweeps.spec import (ParamSpec, SweepConfig, flatten, is_evaluation_metric, load_sweep, params_of, prunes,
+                               to_yaml)
 from lit3d.sweeps.storage import check_spec, db_lock, make_storage, redact, retried, storage_url, top_up
 from lit3d.sweeps.worker import EvaluateFn, FitFn, Objective, run_worker, trial_config
 
@@ -57,7 +58,7 @@ def sweep(cfg: SweepConfig, fit_fn: FitFn | None = None, evaluate_fn: EvaluateFn
     if fit_fn is None:
         from lit3d.fit import fit as fit_fn
     base = check_configs(cfg)
-    if cfg.pruner.name != "none" and not cfg.objective.metric.startswith("val"):
+    if cfg.pruner.name != "none" and not prunes(cfg):
         log.warning("pruner %s follows the validation curve, and objective %s is no val/* metric: no trial is "
                     "pruned", cfg.pruner.name, cfg.objective.metric)
     if is_evaluation_metric(cfg.objective.metric) and cfg.evaluate.split == "test":

@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lit3d.config import ConfigError, check_keys
+from lit3d.config import ConfigError, check_keys, empty_as_text
 from lit3d.evaluate import EVAL_PREFIXES, EvalOptions
 
 PARAM_TYPES = ("categorical", "int", "float")
@@ -225,9 +225,7 @@ def command_line_value(item: str) -> tuple[str, Any]:
     """``(key, value)`` of a command line's ``key=value``, the value typed as ``load_config`` reads it (YAML:
     ``[a,b]`` a list, ``3`` a number) and ``key=`` the empty string."""
     key, _, value = item.partition("=")
-    if not value:
-        return key, ""
-    return key, OmegaConf.to_container(OmegaConf.from_dotlist([f"value={value}"]))["value"]
+    return key, OmegaConf.to_container(OmegaConf.from_dotlist([empty_as_text(f"value={value}")]))["value"]
 
 
 def _validate(cfg: SweepConfig) -> None:
@@ -249,6 +247,11 @@ def _validate(cfg: SweepConfig) -> None:
     if is_evaluation_metric(cfg.objective.metric) and not cfg.evaluate.split:
         raise ConfigError(f"objective.metric={cfg.objective.metric} comes from lit3d evaluate, which this sweep does "
                           f"not run: set evaluate.split (val: choose on the validation frames)")
+
+
+def prunes(cfg: SweepConfig) -> bool:
+    """Whether the pruner can stop trials: it follows the validation curve, so only a ``val*`` objective."""
+    return cfg.pruner.name != "none" and cfg.objective.metric.startswith("val")
 
 
 def is_evaluation_metric(name: str) -> bool:

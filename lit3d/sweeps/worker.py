@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from lit3d.config import FitConfig, load_config
 from lit3d.evaluate import evaluate_run
 from lit3d.sweeps.space import config_item, make_sampler, suggest
-from lit3d.sweeps.spec import ObjectiveConfig, SweepConfig, params_of
+from lit3d.sweeps.spec import ObjectiveConfig, SweepConfig, params_of, prunes
 from lit3d.sweeps.storage import Heartbeat, claim_next, db_lock, fail_stale, requeue
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class Objective:
         fit_cfg = trial_config(self.cfg, params, run_dir)
         history = ValidationHistory()
         callbacks: list[L.Callback] = [history]
-        if self.cfg.pruner.name != "none" and self.cfg.objective.metric.startswith("val"):
+        if prunes(self.cfg):
             from optuna_integration.pytorch_lightning import PyTorchLightningPruningCallback
 
             callbacks.append(PyTorchLightningPruningCallback(trial, monitor=self.cfg.objective.metric))
