@@ -170,10 +170,10 @@ class RefineConfig:
     """Zoom range of the buffer's augmented views, as ``loader.scale_range`` ([] = the training loader's). For test
     views at other distances than the training views': [0.5, 2] localized more synthetic new-path frames within
     10 cm / 10 deg on every seed measured, and fewer kitchen frames at the training views' scale (README)."""
-    precision: str = "bf16-mixed"
-    """Lightning precision of the refinement: the head's 1x1 convolutions are matrix products, 4x faster in bf16
-    than in fp32 on CPUs with AMX. On a GPU its small steps are launch-bound and bf16 is slower (H200: 2.3 against
-    1.9 ms per step of 640 cells): use 32-true there."""
+    precision: str = "auto"
+    """Lightning precision of the refinement. ``auto``: on a CPU bf16-mixed where bf16 matrix products are faster
+    there (timed at the start: about 4x on CPUs with AMX; without bf16 units they are emulated, 60x slower), else
+    32-true; on a GPU 32-true (its small steps are launch-bound: H200 1.9 against 2.3 ms in bf16 per 640 cells)."""
 
 
 @dataclass
@@ -249,7 +249,7 @@ CHOICES: dict[str, tuple[str, ...] | Callable[[], list[str]]] = {
     "loader.preload": ("auto", "true", "false"),
     "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
     "trainer.precision": LIGHTNING_PRECISIONS,
-    "refine.precision": LIGHTNING_PRECISIONS,
+    "refine.precision": ("auto", *LIGHTNING_PRECISIONS),
     "trainer.logger": ("csv", "tensorboard", "wandb", "mlflow"),
     "student.encoder": encoder_names,
     "student.output": ("pixels", "cells"),

@@ -31,7 +31,7 @@ from lit3d.runs import check_run_dir_free, run_dir_lock, writing
 from lit3d.students import model_size
 from lit3d.students.checkpoints import (REFINED_FROM, CheckpointFileError, RunCheckpoint, VerifiedCheckpointIO,
                                         check_same_student, load_checkpoint, read_verified, sidecar)
-from lit3d.students.buffer import PROGRESS_START, WARMUP_FRACTION, BufferDataModule
+from lit3d.students.buffer import PROGRESS_START, WARMUP_FRACTION, BufferDataModule, refine_precision
 from lit3d.students.module import StudentModule
 
 log = logging.getLogger("lit3d.fit")
@@ -208,9 +208,11 @@ def refine_head(cfg: FitConfig, module: StudentModule, dm: PointmapDataModule, t
         ModelCheckpoint(dirpath=ckpts, filename=PARTIAL, monitor=None, save_top_k=1, enable_version_counter=False,
                         every_n_train_steps=max(1, r.steps // 10))]
     t = cfg.trainer
+    # every process of a DDP run takes rank 0's choice: an `auto` timed on each could differ between them
+    precision = trainer.strategy.broadcast(refine_precision(r.precision, trainer.strategy.root_device))
     trainer = L.Trainer(
         max_epochs=1, max_steps=r.steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-        strategy=t.strategy, precision=r.precision, logger=RunCSVLogger(run_dir / "refine", epoch=None, step=reached),
+        strategy=t.strategy, precision=precision, logger=RunCSVLogger(run_dir / "refine", epoch=None, step=reached),
         use_distributed_sampler=False, log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.enable_progress_bar, deterministic=t.deterministic,
         gradient_clip_val=cfg.optim.grad_clip or None, gradient_clip_algorithm="norm", plugins=[VerifiedCheckpointIO()],

@@ -25,6 +25,9 @@ PROGRESS_START = 0.8
 WARMUP_FRACTION = 0.02
 """The refinement's learning rate warms up over this fraction of its steps (then ``refine.min_lr_ratio``'s cosine):
 what 3 warm-up epochs of the 150 are to the end-to-end training."""
+BF16_MIN_SPEEDUP = 1.5
+"""``refine.precision=auto`` runs the refinement in bf16 on a CPU only where bf16 multiplies the head's matrices at
+least this much faster than fp32 there: about 4x on CPUs with AMX, 60x SLOWER (emulated) on CPUs without bf16 units."""
 
 
 class FeatureBuffer(Dataset):
@@ -60,6 +63,33 @@ class FeatureBuffer(Dataset):
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.feats_NC, self.pts_N3ss, self.valid_Nss,
                                                           self.inside_Nss, self.conf_Nss, self.view_N, self.cell_N2))
+
+
+def _matmul_seconds(bf16: bool, rows: int = 256, width: int = 512, repeats: int = 2) -> float:
+    """Seconds per product of ``rows`` x ``width`` by ``width`` x ``width`` on the CPU (one of the head's 1x1
+    convolutions on ``rows`` cells), under bf16 autocast or in fp32."""
+    x, w = torch.randn(rows, width), torch.randn(width, width)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        x @ w  # first call: kernel selection
+        start = time.perf_counter()
+        for _ in range(repeats):
+            x @ w
+    return (time.perf_counter() - start) / repeats
+
+
+def refine_precision(setting: str, device: torch.device) -> str:
+    """The Lightning precision of the refinement: ``setting`` unless it is ``auto``, which means 32-true on an
+    accelerator (its small steps are launch-bound, bf16 is slower) and on a CPU bf16-mixed where a timed product
+    (about 0.1-0.6 s) shows bf16 ``BF16_MIN_SPEEDUP`` times faster than fp32 there, else 32-true."""
+    if setting != "auto":
+        return setting
+    if device.type != "cpu":
+        return "32-true"
+    fp32, bf16 = _matmul_seconds(False), _matmul_seconds(True)
+    chosen = "bf16-mixed" if fp32 >= BF16_MIN_SPEEDUP * bf16 else "32-true"
+    log.info("refine.precision=auto: %s (the head's products take %.1f ms in fp32, %.1f ms in bf16 on this CPU)",
+             chosen, 1e3 * fp32, 1e3 * bf16)
+    return chosen
 
 
 def _cells(x_BChw: torch.Tensor, s: int) -> torch.Tensor:

@@ -13,7 +13,8 @@ import torch
 
 from lit3d.config import ConfigError, load_config
 from lit3d.geometry import backproject_depth, pixel_grid, project, transform_points
-from lit3d.students.buffer import BufferDataModule, FeatureBuffer, build_buffer
+from lit3d.students import buffer
+from lit3d.students.buffer import BufferDataModule, FeatureBuffer, build_buffer, refine_precision
 from lit3d.students.checkpoints import load_checkpoint
 from lit3d.students.losses import reprojection_loss
 from testkit import TINY
@@ -125,6 +126,29 @@ def test_the_datamodule_draws_the_configured_steps_of_random_cells():
     again.setup("fit")
     resumed = list(again.train_dataloader())
     assert len(resumed) == 5 and not torch.equal(resumed[0]["pts_world"], batches[0]["pts_world"])
+
+
+@pytest.mark.parametrize("fp32_s, bf16_s, chosen", [
+    (0.4, 0.1, "bf16-mixed"),  # a CPU with AMX: bf16 about 4x faster
+    (1.5, 1.0, "bf16-mixed"),  # exactly BF16_MIN_SPEEDUP
+    (1.4, 1.0, "32-true"),  # a little faster is not worth bf16's rounding
+    (0.007, 0.44, "32-true"),  # a CPU without bf16 units (measured: 60x slower, emulated)
+])
+def test_auto_refine_precision_takes_bf16_on_a_cpu_only_where_it_is_faster(monkeypatch, caplog, fp32_s, bf16_s,
+                                                                          chosen):
+    monkeypatch.setattr(buffer, "_matmul_seconds", lambda bf16: bf16_s if bf16 else fp32_s)
+    with caplog.at_level(logging.INFO, logger="lit3d.students.buffer"):
+        assert refine_precision("auto", torch.device("cpu")) == chosen
+    assert f"refine.precision=auto: {chosen}" in caplog.text
+    assert refine_precision("auto", torch.device("cuda", 0)) == "32-true"  # launch-bound steps: never timed
+    assert refine_precision("bf16-mixed", torch.device("cpu")) == "bf16-mixed"  # a setting is kept as written
+
+
+def test_the_timed_product_is_measured_on_this_cpu():
+    fp32, bf16 = buffer._matmul_seconds(False), buffer._matmul_seconds(True)
+    assert 0 < fp32 < 5 and 0 < bf16 < 5
+    assert load_config([]).refine.precision == "auto"
+    assert refine_precision("auto", torch.device("cpu")) in ("bf16-mixed", "32-true")
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -249,10 +273,11 @@ def test_ddp_refinement_takes_its_steps_on_every_process(tmp_path):
     args = [*(a for a in TINY if not a.endswith("[24,32]")), "data.resolution=[32,32]", "loader.resolution=[32,32]",
             "student=scr", "student.encoder=conv", "student.pretrained=false", "student.freeze_encoder=false",
             "student.head_width=32", "refine.steps=5", "refine.views_per_frame=2", "refine.cells_per_batch=16",
-            "refine.precision=32-true", "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu",
+            "refine.precision=auto", "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu",
             f"cache_dir={tmp_path / 'cache'}", f"run_dir={tmp_path / 'run'}"]
     proc = subprocess.run([sys.executable, "-m", "lit3d.fit", *args], cwd=repo, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "refine.precision=auto: " in proc.stderr  # timed on each process, rank 0's choice broadcast
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "refined.ckpt")["global_step"] == 5
     assert (tmp_path / "run" / "metrics.json").is_file()
