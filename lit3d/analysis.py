@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from lit3d import runs
 from lit3d.metrics.localization import summarize
+from lit3d.metrics.retrieval import cell_points, retrieval_distances
 from lit3d.students.tta import TestTimeOptions
 from lit3d.sweeps.spec import SweepConfig
 from lit3d.sweeps.spec import from_yaml as sweep_from_yaml
@@ -180,3 +182,55 @@ def pointcloud_figure(frames: runs.Frames, max_points: int = 20_000) -> "go.Figu
     fig.update_layout(scene=dict(aspectmode="data"), margin=dict(l=0, r=0, t=30, b=0),
                       title=f"teacher vs student, {len(frames.names)} frames")
     return fig
+
+
+def feature_retrieval(run: Run, split: str = "test", encoder: torch.nn.Module | None = None,
+                      n_frames: int = 0) -> "pd.DataFrame":
+    """Per labelled feature cell of ``split``'s frames (:mod:`lit3d.metrics.retrieval`): ``retrieved``, the world
+    distance from its label to the label of the training cell whose ``encoder`` features are most alike;
+    ``nearest``, to the nearest training cell's label; ``predicted``, from its label to the student's point at the
+    cell centre (one forward). Labels' unit; frames at the student's resolution.
+
+    ``encoder`` (images (B, 3, h, w) in [0, 1] -> features (B, C, h/s, w/s), with a ``stride`` attribute, such as
+    ``lit3d.students.encoders.create_encoder(...)``) defaults to the run's own ``scr`` encoder. A ``retrieved``
+    well above ``nearest`` on new views and not on validation frames means the features do not recognise a
+    surface point from the new viewpoint, which no head can repair.
+    """
+    import pandas as pd
+    from lit3d.cache.datamodule import resize_frame
+
+    encoder = encoder if encoder is not None else getattr(run.module.student, "encoder", None)
+    if encoder is None or not hasattr(encoder, "stride"):
+        raise ValueError(f"student {type(run.module.student).__name__} has no encoder with a stride (student=scr "
+                         f"has one): pass encoder=")
+    names = run.cache.split.get(split) or []
+    train = run.cache.split.get("train") or []
+    if not names or not train:
+        raise ValueError(f"the label cache {run.cache.root} has no {split!r} or no 'train' frames")
+    idx = range(len(names)) if n_frames <= 0 else np.unique(np.linspace(0, len(names) - 1, n_frames).round())
+    names = [names[int(i)] for i in idx]
+    size, s = tuple(run.module.hparams.img_size), int(encoder.stride)
+    batch = int(run.config.get("loader", {}).get("batch_size", 8))
+
+    def cells(frame_names: list[str], with_student: bool) -> dict[str, np.ndarray]:
+        """Encoder features, labelled points and (``with_student``) the student's points of the labelled cells."""
+        frames = [resize_frame(run.cache.load_frame(n), size) for n in frame_names]
+        images_NHW3 = np.stack([f["image"] for f in frames])
+        pts_Nhw3, ok_Nhw = map(np.stack, zip(*(cell_points(f["pts_world"], f["valid"], s) for f in frames)))
+        at = np.nonzero(ok_Nhw)  # (frame, row, col) of each labelled cell
+        feats_NhwC = runs.predict(encoder, images_NHW3, batch, warmup=False)[0]
+        out = {"at": at, "feats": feats_NhwC[at], "pts": pts_Nhw3[at]}
+        if with_student:
+            pred_NHW3 = runs.predict(run.module, images_NHW3, batch, warmup=False)[0]
+            out["pred"] = np.stack([cell_points(p, np.ones(size, bool), s)[0] for p in pred_NHW3])[at]
+        return out
+
+    keys, queries = cells(train, False), cells(names, True)
+    if not len(queries["pts"]):
+        raise ValueError(f"no labelled {s}x{s} cell in the {split!r} frames")
+    retrieved, nearest, _ = retrieval_distances(*(torch.from_numpy(d[k]) for d in (queries, keys)
+                                                  for k in ("feats", "pts")))
+    k, i, j = queries["at"]
+    return pd.DataFrame({"frame": [names[n] for n in k], "row": i, "col": j, "retrieved": retrieved.numpy(),
+                         "nearest": nearest.numpy(),
+                         "predicted": np.linalg.norm(queries["pred"] - queries["pts"], axis=1)})
