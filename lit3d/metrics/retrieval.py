@@ -31,7 +31,7 @@ def cell_points(pts_HW3: np.ndarray, valid_HW: np.ndarray, stride: int) -> tuple
 
 
 def retrieval_distances(query_NC: torch.Tensor, query_pts_N3: torch.Tensor, key_MC: torch.Tensor,
-                        key_pts_M3: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        key_pts_M3: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per query cell: (retrieved_N, nearest_N, index_N): the world distance to the point of the key cell with the
     most similar features (cosine; the first on ties), the distance to the nearest key point whatever its features,
     and that most similar key's index. Features are compared after L2 normalisation."""
@@ -41,7 +41,7 @@ def retrieval_distances(query_NC: torch.Tensor, query_pts_N3: torch.Tensor, key_
     k = torch.nn.functional.normalize(key_MC.float(), dim=1)
     qp, kp = query_pts_N3.double(), key_pts_M3.double()
     retrieved, nearest, index = [], [], []
-    for a in range(0, len(q), chunk):  # a query chunk against every key: memory chunk x M
+    for a in range(0, len(q), chunk):  # a query chunk against every key: memory ~ 12 chunk M bytes
         best = (q[a:a + chunk] @ k.T).argmax(dim=1)
         retrieved.append((qp[a:a + chunk] - kp[best]).norm(dim=1))
         exact = torch.cdist(qp[a:a + chunk], kp, compute_mode="donot_use_mm_for_euclid_dist")  # no |a|^2+|b|^2-2ab
