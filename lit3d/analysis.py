@@ -16,6 +16,7 @@ import torch
 from optuna.trial import TrialState
 
 from lit3d import runs
+from lit3d.cache.store import LabelCache
 from lit3d.metrics.localization import summarize
 from lit3d.metrics.retrieval import cell_points, retrieval_distances
 from lit3d.students.tta import TestTimeOptions
@@ -182,6 +183,36 @@ def pointcloud_figure(frames: runs.Frames, max_points: int = 20_000) -> "go.Figu
     fig.update_layout(scene=dict(aspectmode="data"), margin=dict(l=0, r=0, t=30, b=0),
                       title=f"teacher vs student, {len(frames.names)} frames")
     return fig
+
+
+def matching_reference(cache: LabelCache, split: str = "test", views: int = 10, max_features: int = 2000,
+                       ratio: float = 0.8, reprojection_px: float | None = None, n_frames: int = 0) -> "pd.DataFrame":
+    """A classical yardstick per ``split`` frame of a label cache (a run's: ``run.cache``; no student involved;
+    :mod:`lit3d.metrics.matching`): the pose from SIFT matches of the frame's image against its ``views`` nearest
+    training frames, lifted to world points by their labels, by PnP-RANSAC (:func:`lit3d.runs.match_frames`,
+    which ``evaluate matching=true`` runs too); columns ``ok``, ``t_cm``, ``r_deg`` (against the true pose,
+    dataset frame), ``matches``, ``inliers``, ``reason``. Frames at the label cache's resolution; the inlier threshold defaults to
+    :func:`lit3d.runs.default_reprojection_px` of its width.
+
+    The training views are chosen by the frame's TRUE pose (the matcher's best case: no retrieval error), so a
+    frame this misses is one whose image and the training labels disagree (colour not registered to depth, a
+    viewpoint too far for local features); a frame it localizes and the student does not is the student's miss.
+    """
+    import pandas as pd
+
+    names = cache.split.get(split) or []
+    if not names or not cache.split.get("train"):
+        raise ValueError(f"the label cache {cache.root} has no {split!r} or no 'train' frames")
+    idx = range(len(names)) if n_frames <= 0 else np.unique(np.linspace(0, len(names) - 1, n_frames).round())
+    names = [names[int(i)] for i in idx]
+    S_44 = runs.labels_to_gt(cache, cache.split["train"])[0]
+    if S_44 is None:
+        raise ValueError(f"the label cache {cache.root} has no true poses to score against (no depth and poses)")
+    rows, _ = runs.match_frames(cache, names, S_44, views, max_features, ratio, reprojection_px)
+    columns = {"ok": "matching_loc_ok", "t_cm": "matching_t_cm", "r_deg": "matching_r_deg",
+               "matches": "matching_matches", "inliers": "matching_inliers", "reason": "matching_loc_reason"}
+    return pd.DataFrame([{"frame": n, **{c: r[k] for c, k in columns.items()}}
+                         for n, r in zip(names, rows)]).set_index("frame")
 
 
 def feature_retrieval(run: Run, split: str = "test", encoder: torch.nn.Module | None = None,

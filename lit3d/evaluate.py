@@ -3,9 +3,10 @@
 Scores a trained student on the test frames of its label cache: point errors against the teacher's labels and,
 where the scene has depth and poses, of teacher and student against the ground truth; camera localization by
 PnP-RANSAC from the student's points (averaged over rolled and zoomed copies of each image, ``tta``) and, as the
-reference, from the teacher's labels (settings chosen on the validation frames with ``tune=true``); how far each test frame is from the training cameras (``gen/*``,
+reference, from the teacher's labels (settings chosen on the validation frames with ``tune=true``) and, with
+``matching=true``, from SIFT matches against the training labels; how far each test frame is from the training cameras (``gen/*``,
 :mod:`lit3d.metrics.coverage`). Writes into the run directory: ``metrics.json`` (fit's keys kept; ``eval/*``,
-``loc/*``, ``loc_teacher/*``, ``gen/*``, ``export/*`` replaced), ``eval_frames.csv`` (one row per frame),
+``loc/*``, ``loc_teacher/*``, ``loc_matching/*``, ``gen/*``, ``export/*`` replaced), ``eval_frames.csv`` (one row per frame),
 ``eval_tuning.csv`` (with ``tune=true``), figures (``eval_frames.png``, ``eval_loc_cdf_t.png``,
 ``eval_loc_cdf_r.png``, ``eval_generalisation.png``: where frames fail against the training cameras,
 ``eval_pointclouds.html``) and ``exports/`` (PLY clouds, ONNX and TorchScript student
@@ -32,7 +33,7 @@ from lit3d.geometry import transform_points
 from lit3d.metrics.coverage import generalisation, summarize_generalisation
 from lit3d.metrics.localization import choose_setting, tuning_grid
 from lit3d.runs import (Frames, checkpoint_path, default_reprojection_px, labels_to_gt, load_frames, localize_frames,
-                        merge_metrics, nearest_rigid, point_errors, pose_to_gt, resolve_device, run_config,
+                        match_frames, merge_metrics, nearest_rigid, point_errors, pose_to_gt, resolve_device, run_config,
                         with_ensemble, write_csv)
 from lit3d.students.checkpoints import CheckpointFileError
 from lit3d.students.module import StudentModule
@@ -43,7 +44,7 @@ __all__ = ["EvalOptions", "evaluate_run", "labels_to_gt", "main", "nearest_rigid
 
 log = logging.getLogger("lit3d.evaluate")
 
-EVAL_PREFIXES = ("eval/", "loc/", "loc_teacher/", "gen/")
+EVAL_PREFIXES = ("eval/", "loc/", "loc_teacher/", "loc_matching/", "gen/")
 """metrics.json keys owned by this command: replaced on every evaluation (``export/`` too when it exports)."""
 
 
@@ -67,6 +68,17 @@ class EvalOptions(TestTimeOptions):
     """Frames shown in eval_frames.png (evenly spaced over the split)."""
     device: str = "auto"
     """Device of the student's forward pass: auto, cpu, cuda."""
+    matching: bool = False
+    """Also localize each frame by a classical yardstick: SIFT matches against the matching_views training frames
+    nearest its true pose, lifted by their labels, PnP-RANSAC (matching_* columns, loc_matching/* metrics). A frame
+    it misses too is one whose image and the training labels disagree, not only the student's miss."""
+    matching_views: int = 10
+    """Training frames each frame is matched against (with matching=true)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.matching_views < 1:
+            raise ValueError(f"evaluate: matching_views must be at least 1, got {self.matching_views}")
 
 
 # --- evaluation -------------------------------------------------------------------------------------------------
@@ -112,6 +124,12 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
     gen_rows = generalisation([cache.load_frame(n) for n in names], training_frames(),
                               labels_in_pose_frame=info.get("frame") == "dataset")
     metrics.update(summarize_generalisation(gen_rows))
+    match_rows: list[dict] = [{} for _ in names]
+    if opt.matching:
+        if S_44 is None or not np.all(np.isfinite(fr.cam2world_N44)):
+            raise ValueError(f"matching=true needs the true poses of the {opt.split} frames (the scene has none)")
+        match_rows, match_metrics = match_frames(cache, names, S_44, opt.matching_views)
+        metrics.update(match_metrics)
     metrics.update({
         "eval/checkpoint": str(ckpt), "eval/split": opt.split, "eval/n_frames": float(len(names)),
         "eval/reprojection_px": loc["reprojection_px"], "eval/ransac_iterations": float(loc["iterations"]),
@@ -122,8 +140,8 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
         "eval/labels_unit": info.get("unit"),
     })
     check_finite_metrics(metrics, ckpt)
-    write_csv(run_dir / "eval_frames.csv", [{"frame": n, **e, **p, **g}
-                                             for n, e, p, g in zip(names, err_rows, loc_rows, gen_rows)])
+    write_csv(run_dir / "eval_frames.csv", [{"frame": n, **e, **p, **m, **g}
+                                             for n, e, p, m, g in zip(names, err_rows, loc_rows, match_rows, gen_rows)])
     _figures(run_dir, fr, S_44, loc_rows, poses, opt.figure_frames)
     _generalisation_map(run_dir, train_cam2world, loc_rows, gen_rows, poses)
     if opt.exports:
@@ -133,6 +151,9 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
     log.info("%s: student %.1f %% at 5 cm / 5 deg (teacher labels %.1f %%), median %.2f cm / %.2f deg", run_dir,
              100 * metrics.get("loc/acc_5cm5deg", nan), 100 * metrics.get("loc_teacher/acc_5cm5deg", nan),
              metrics.get("loc/median_t_cm", nan), metrics.get("loc/median_r_deg", nan))
+    if opt.matching:
+        log.info("classical yardstick (SIFT matches against training labels): %.1f %% at 5 cm / 5 deg, median %.2f cm",
+                 100 * metrics["loc_matching/acc_5cm5deg"], metrics["loc_matching/median_t_cm"])
     if "gen/coverage_mean" in metrics or "gen/nearest_train_m_median" in metrics:
         log.info("test frames vs training cameras: median nearest %.3f (poses' unit), %.1f deg to it, %.1f deg to the "
                  "closest in rotation; surface seen by training frames %.1f %%, at %.2f-%.2fx (median %.2fx) the "

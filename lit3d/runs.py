@@ -32,6 +32,7 @@ from lit3d.files import atomic_write_bytes
 from lit3d.locks import LockBusy, file_lock
 from lit3d.geometry import backproject_depth, nearest_rotation, rotation_angle_deg, transform_points, umeyama_sim3
 from lit3d.metrics.localization import localize, pose_errors, summarize
+from lit3d.metrics.matching import Keypoints, localize_by_matching, nearest_views, sift_keypoints
 from lit3d.metrics.pointmap import error_summary
 from lit3d.students.checkpoints import REFINED_FROM, current_hash, load_checkpoint
 from lit3d.students.ensemble import PointEnsemble
@@ -559,3 +560,43 @@ def localize_frames(fr: Frames, S_44: np.ndarray | None, reprojection_px: float,
         metrics[f"{prefix}inlier_ratio"] = float(np.mean([r[f"{name}_inlier_ratio"] for r in rows]))
         metrics[f"{prefix}time_ms_per_frame"] = float(np.mean([r[f"{name}_loc_ms"] for r in rows]))
     return rows, metrics, poses
+
+
+def match_frames(cache: LabelCache, names: list[str], S_44: np.ndarray, views: int = 10, max_features: int = 2000,
+                 ratio: float = 0.8, reprojection_px: float | None = None) -> tuple[list[dict], dict[str, float]]:
+    """The classical yardstick (:mod:`lit3d.metrics.matching`) on frames ``names`` of ``cache``: each frame's pose
+    from SIFT matches of its image against the ``views`` training frames nearest its TRUE pose (no retrieval
+    error: the matcher's best case), lifted by their labels, by PnP-RANSAC (``reprojection_px``: default
+    :func:`default_reprojection_px` of the cache's width); estimates mapped by ``S_44`` into the dataset frame.
+
+    Returns per-frame rows (``matching_loc_ok``, ``matching_t_cm``, ``matching_r_deg``, ``matching_matches``,
+    ``matching_inliers``, ``matching_loc_reason``) and ``loc_matching/*`` metrics (:func:`summarize`).
+    """
+    train = cache.split.get("train") or []
+    if not train:
+        raise ValueError(f"the label cache {cache.root} has no 'train' frames to match against")
+    train_cam2world_M44 = np.stack([cache.load_frame(n)["cam2world"] for n in train]).astype(np.float64)
+    loaded: dict[int, tuple[dict, Keypoints]] = {}  # training view -> (frame, keypoints), computed once
+
+    def view(j: int) -> tuple[dict, Keypoints]:
+        if j not in loaded:
+            frame = cache.load_frame(train[j])
+            loaded[j] = frame, sift_keypoints(frame["image"], max_features)
+        return loaded[j]
+
+    rows = []
+    for name in names:
+        frame = cache.load_frame(name)
+        true_44 = nearest_rigid(frame["cam2world"].astype(np.float64))
+        if not np.all(np.isfinite(true_44)):
+            raise ValueError(f"frame {name} of {cache.root} has no true pose: the yardstick needs one to pick views")
+        chosen = [view(int(j)) for j in nearest_views(true_44, train_cam2world_M44, views)]
+        px = reprojection_px or default_reprojection_px(frame["image"].shape[1])
+        res, n_matches = localize_by_matching(frame["image"], frame["K"], [f for f, _ in chosen], px, max_features,
+                                              ratio, [k for _, k in chosen])
+        t_cm, r_deg = pose_errors(pose_to_gt(S_44, res.cam2world_44), true_44)
+        rows.append({"matching_loc_ok": res.ok, "matching_t_cm": t_cm, "matching_r_deg": r_deg,
+                     "matching_matches": n_matches, "matching_inliers": res.n_inliers,
+                     "matching_loc_reason": res.reason})
+    s = summarize(np.array([r["matching_t_cm"] for r in rows]), np.array([r["matching_r_deg"] for r in rows]))
+    return rows, {"loc_matching/" + k.split("/", 1)[1]: v for k, v in s.items()}

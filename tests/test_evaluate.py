@@ -136,6 +136,8 @@ def test_arguments_and_one_line_errors(tmp_path, caplog):
                                            "reprojection_px=2.5", "tune=true"])
     assert run_dir == "runs/x" and overrides == ["data.stride=2"]
     assert opts == EvalOptions(checkpoint="last", exports=False, reprojection_px=2.5, tune=True)
+    with pytest.raises(ValueError, match="matching_views must be at least 1"):
+        parse_args(["runs/x", "matching_views=0"])
     assert main(["--help"]) == 0
     with caplog.at_level(logging.ERROR):
         assert main([str(tmp_path / "missing")]) == 2
@@ -202,10 +204,22 @@ def test_evaluate_a_tiny_run(tiny_cfg, caplog, monkeypatch):
     assert pair["eval/ensemble"] == str(run) and single["eval/ensemble"] == "none"
     assert pair["eval/student_vs_teacher/l2_mean"] == pytest.approx(single["eval/student_vs_teacher/l2_mean"])
 
-    # a re-run without exports keeps the export keys and replaces the rest
+    # matching=true adds the classical yardstick's columns and loc_matching/* (its accuracy: test_matching.py)
+    matched = evaluate_run(run, options=EvalOptions(tta=False, exports=False, figure_frames=1, matching=True,
+                                                    matching_views=3))
+    assert all(f"loc_matching/{k}" in matched for k in ("acc_5cm5deg", "median_t_cm", "n_frames", "failure_rate"))
+    assert matched["loc_matching/n_frames"] == len(names)
+    with open(run / "eval_frames.csv", newline="") as f:
+        matched_rows = list(csv.DictReader(f))
+    assert [r["frame"] for r in matched_rows] == names
+    assert all(int(r["matching_inliers"]) <= int(r["matching_matches"]) for r in matched_rows)
+    assert all((r["matching_loc_ok"] == "True") == (r["matching_loc_reason"] == "") for r in matched_rows)
+
+    # a re-run without exports keeps the export keys and replaces the rest (the yardstick's keys go with it)
     again = evaluate_run(run, options=EvalOptions(checkpoint="last", exports=False, figure_frames=1))
     merged = json.loads((run / "metrics.json").read_text())
     assert merged["eval/checkpoint"].endswith("last.ckpt") and "export/onnx_size_mb" in merged
+    assert not any(k.startswith("loc_matching/") for k in merged)
     assert merged["loc/median_t_cm"] == again["loc/median_t_cm"]
 
     # tune=true: settings chosen on the validation frames, table written, the choice used for the test frames

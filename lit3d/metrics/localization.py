@@ -36,6 +36,12 @@ class PnPResult:
     seconds: float
 
 
+def _failed(reason: str, started: float, n_points: int = 0, n_inliers: int = 0) -> PnPResult:
+    log.debug("localize failed: %s", reason)
+    ratio = n_inliers / n_points if n_points else 0.0
+    return PnPResult(None, False, reason, n_points, n_inliers, ratio, time.perf_counter() - started)
+
+
 def localize(
     pts_world_HW3: np.ndarray,
     valid_HW: np.ndarray | None,
@@ -59,9 +65,7 @@ def localize(
     t0 = time.perf_counter()
 
     def fail(reason: str, n_points: int = 0, n_inliers: int = 0) -> PnPResult:
-        log.debug("localize failed: %s", reason)
-        ratio = n_inliers / n_points if n_points else 0.0
-        return PnPResult(None, False, reason, n_points, n_inliers, ratio, time.perf_counter() - t0)
+        return _failed(reason, t0, n_points, n_inliers)
 
     try:
         pts_HW3 = np.asarray(pts_world_HW3, dtype=np.float64)
@@ -78,6 +82,44 @@ def localize(
     except Exception as e:  # malformed input (wrong mask shape, object arrays): report, never raise
         return fail(f"invalid input: {e}")
 
+    return localize_points(pts_N3, uv_N2, K, reprojection_px, iterations, confidence, min_points, max_points, seed,
+                           refine, started=t0)
+
+
+def localize_points(
+    pts_world_N3: np.ndarray,
+    uv_N2: np.ndarray,
+    K_33: np.ndarray,
+    reprojection_px: float = 10.0,
+    iterations: int = 1000,
+    confidence: float = 0.9999,
+    min_points: int = 4,
+    max_points: int = 20_000,
+    seed: int = 0,
+    refine: bool = True,
+    started: float | None = None,
+) -> PnPResult:
+    """Camera-to-world pose from 2D-3D correspondences (pixel ``uv_N2`` of the query image sees world point
+    ``pts_world_N3``; non-finite rows ignored) with :func:`localize`'s RANSAC, subsampling and refinement;
+    never raises on bad input.
+    ``started``: the ``time.perf_counter()`` the reported seconds count from (default: now)."""
+    t0 = time.perf_counter() if started is None else started
+
+    def fail(reason: str, n_points: int = 0, n_inliers: int = 0) -> PnPResult:
+        return _failed(reason, t0, n_points, n_inliers)
+
+    try:
+        pts_N3 = np.asarray(pts_world_N3, dtype=np.float64).reshape(-1, 3)
+        uv_N2 = np.asarray(uv_N2, dtype=np.float64).reshape(-1, 2)
+        K = np.asarray(K_33, dtype=np.float64)
+        if len(pts_N3) != len(uv_N2):
+            return fail(f"{len(pts_N3)} world points but {len(uv_N2)} pixels")
+        if K.shape != (3, 3) or not np.all(np.isfinite(K)):
+            return fail("intrinsics are not a finite 3x3 matrix")
+    except Exception as e:  # malformed input: report, never raise
+        return fail(f"invalid input: {e}")
+    finite_N = np.all(np.isfinite(pts_N3), axis=1) & np.all(np.isfinite(uv_N2), axis=1)
+    pts_N3, uv_N2 = pts_N3[finite_N], uv_N2[finite_N]
     n = len(pts_N3)
     if n < max(min_points, 4):
         return fail(f"fewer than {max(min_points, 4)} valid points ({n})", n)
