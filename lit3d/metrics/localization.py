@@ -42,48 +42,23 @@ def _failed(reason: str, started: float, n_points: int = 0, n_inliers: int = 0) 
     return PnPResult(None, False, reason, n_points, n_inliers, ratio, time.perf_counter() - started)
 
 
-def localize(
-    pts_world_HW3: np.ndarray,
-    valid_HW: np.ndarray | None,
-    K_33: np.ndarray,
-    reprojection_px: float = 10.0,
-    iterations: int = 1000,
-    confidence: float = 0.9999,
-    min_points: int = 4,
-    max_points: int = 20_000,
-    seed: int = 0,
-    refine: bool = True,
-) -> PnPResult:
-    """Camera-to-world pose of the query image from its per-pixel world points; never raises on bad input.
-
-    RANSAC (OpenCV ``solvePnPRansac``, EPnP minimal samples, SQPnP on the consensus set) with an inlier threshold
-    of ``reprojection_px`` pixels (10 px as DSAC*/ACE at 640x480; scale it with the image width, since outliers
-    that fall within it bias the fit), then Levenberg-Marquardt refinement on the inliers (``refine``). Points that
-    are invalid or non-finite are ignored; above ``max_points`` a deterministic random subset (``seed``) is used,
-    which keeps the time per frame bounded without changing the estimate noticeably.
-    """
+def localize(pts_world_HW3: np.ndarray, valid_HW: np.ndarray | None, K_33: np.ndarray, **settings) -> PnPResult:
+    """Camera-to-world pose of the query image from its per-pixel world points (pixel (u, v) sees
+    ``pts_world_HW3[v, u]``; invalid or non-finite points are ignored); never raises on bad input. ``settings``:
+    :func:`localize_points`'s (threshold, iterations, subsampling, refinement)."""
     t0 = time.perf_counter()
-
-    def fail(reason: str, n_points: int = 0, n_inliers: int = 0) -> PnPResult:
-        return _failed(reason, t0, n_points, n_inliers)
-
     try:
         pts_HW3 = np.asarray(pts_world_HW3, dtype=np.float64)
-        K = np.asarray(K_33, dtype=np.float64)
         if pts_HW3.ndim != 3 or pts_HW3.shape[-1] != 3:
-            return fail(f"pointmap has shape {pts_HW3.shape}, expected (H, W, 3)")
-        if K.shape != (3, 3) or not np.all(np.isfinite(K)):
-            return fail("intrinsics are not a finite 3x3 matrix")
+            return _failed(f"pointmap has shape {pts_HW3.shape}, expected (H, W, 3)", t0)
         mask_HW = np.all(np.isfinite(pts_HW3), axis=-1)
         if valid_HW is not None:
             mask_HW &= np.asarray(valid_HW, dtype=bool)
         pts_N3 = pts_HW3[mask_HW]
         uv_N2 = pixel_grid(*mask_HW.shape)[mask_HW]
     except Exception as e:  # malformed input (wrong mask shape, object arrays): report, never raise
-        return fail(f"invalid input: {e}")
-
-    return localize_points(pts_N3, uv_N2, K, reprojection_px, iterations, confidence, min_points, max_points, seed,
-                           refine, started=t0)
+        return _failed(f"invalid input: {e}", t0)
+    return localize_points(pts_N3, uv_N2, K_33, started=t0, **settings)
 
 
 def localize_points(
@@ -100,9 +75,15 @@ def localize_points(
     started: float | None = None,
 ) -> PnPResult:
     """Camera-to-world pose from 2D-3D correspondences (pixel ``uv_N2`` of the query image sees world point
-    ``pts_world_N3``; non-finite rows ignored) with :func:`localize`'s RANSAC, subsampling and refinement;
-    never raises on bad input.
-    ``started``: the ``time.perf_counter()`` the reported seconds count from (default: now)."""
+    ``pts_world_N3``; non-finite rows ignored); never raises on bad input.
+
+    RANSAC (OpenCV ``solvePnPRansac``, EPnP minimal samples, SQPnP on the consensus set) with an inlier threshold
+    of ``reprojection_px`` pixels (10 px as DSAC*/ACE at 640x480; scale it with the image width, since outliers
+    that fall within it bias the fit), then Levenberg-Marquardt refinement on the inliers (``refine``). Above
+    ``max_points`` a deterministic random subset (``seed``) is used, which keeps the time per frame bounded
+    without changing the estimate noticeably. ``started``: the ``time.perf_counter()`` the reported seconds count
+    from (default: now).
+    """
     t0 = time.perf_counter() if started is None else started
 
     def fail(reason: str, n_points: int = 0, n_inliers: int = 0) -> PnPResult:
