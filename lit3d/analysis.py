@@ -190,9 +190,9 @@ def matching_reference(cache: LabelCache, split: str = "test", views: int = 10, 
     """A classical yardstick per ``split`` frame of a label cache (a run's: ``run.cache``; no student involved;
     :mod:`lit3d.metrics.matching`): the pose from SIFT matches of the frame's image against its ``views`` nearest
     training frames, lifted to world points by their labels, by PnP-RANSAC (:func:`lit3d.runs.match_frames`,
-    which ``evaluate matching=true`` runs too); columns ``ok``, ``t_cm``, ``r_deg`` (against the true pose,
-    dataset frame), ``matches``, ``inliers``, ``reason``. Frames at the label cache's resolution; the inlier threshold defaults to
-    :func:`lit3d.runs.default_reprojection_px` of its width.
+    which ``evaluate matching=true`` runs too); columns ``ok``, ``t_cm``, ``r_deg`` (cm and degrees against the
+    true pose, dataset frame), ``matches``, ``inliers``, ``reason``. Frames at the label cache's resolution; the
+    inlier threshold defaults to :func:`lit3d.runs.default_reprojection_px` of its width.
 
     The training views are chosen by the frame's TRUE pose (the matcher's best case: no retrieval error), so a
     frame this misses is one whose image and the training labels disagree (colour not registered to depth, a
