@@ -143,20 +143,31 @@ def point_errors(run: Run, frames: runs.Frames) -> "pd.DataFrame":
     return pd.DataFrame([{"frame": n, **r} for n, r in zip(frames.names, rows)]).set_index("frame")
 
 
-def localize_frames(run: Run, frames: runs.Frames, reprojection_px: float | None = None) -> "pd.DataFrame":
+def localize_frames(run: Run, frames: runs.Frames, reprojection_px: float | None = None, matching: bool = False,
+                    matching_views: int = 10) -> "pd.DataFrame":
     """Camera poses by PnP-RANSAC from the student's and the teacher's points with ``evaluate``'s settings, and
-    their errors (cm, degrees) after mapping the labels' frame onto the dataset's (:meth:`Run.to_gt`).
+    their errors (cm, degrees) after mapping the labels' frame onto the dataset's (:meth:`Run.to_gt`); with
+    ``matching``, also the student's poses refined by SIFT matches against the ``matching_views`` training frames
+    nearest them (rows ``refined``, reason ``matched`` or ``student``: which pose was kept;
+    :func:`lit3d.runs.refine_frames`, as ``evaluate matching_refine=true``).
 
     The inlier threshold defaults to :func:`lit3d.runs.default_reprojection_px` of the frames' width.
     """
     import pandas as pd
 
     px = reprojection_px or runs.default_reprojection_px(frames.images_NHW3.shape[2])
-    rows, _, _ = runs.localize_frames(frames, run.to_gt()[0], px)
-    return pd.DataFrame([{"frame": name, "points": who, "ok": r[f"{who}_loc_ok"], "t_cm": r[f"{who}_t_cm"],
-                          "r_deg": r[f"{who}_r_deg"], "inlier_ratio": r[f"{who}_inlier_ratio"],
-                          "reason": r[f"{who}_loc_reason"]}
-                         for name, r in zip(frames.names, rows) for who in ("student", "teacher")])
+    S_44 = run.to_gt()[0]
+    rows, _, poses = runs.localize_frames(frames, S_44, px)
+    out = [{"frame": name, "points": who, "ok": r[f"{who}_loc_ok"], "t_cm": r[f"{who}_t_cm"],
+            "r_deg": r[f"{who}_r_deg"], "inlier_ratio": r[f"{who}_inlier_ratio"], "reason": r[f"{who}_loc_reason"]}
+           for name, r in zip(frames.names, rows) for who in ("student", "teacher")]
+    if matching:
+        refined, _ = runs.refine_frames(frames, poses["student_pnp"], runs.training_views(run.cache), S_44, px,
+                                        matching_views)
+        out += [{"frame": name, "points": "refined", "ok": r["refined_loc_ok"], "t_cm": r["refined_t_cm"],
+                 "r_deg": r["refined_r_deg"], "inlier_ratio": r["refined_inliers"] / max(r["refined_matches"], 1),
+                 "reason": "matched" if r["refined_adopted"] else "student"} for name, r in zip(frames.names, refined)]
+    return pd.DataFrame(out)
 
 
 def localization_summary(poses: "pd.DataFrame") -> "pd.DataFrame":

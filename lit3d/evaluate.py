@@ -4,9 +4,10 @@ Scores a trained student on the test frames of its label cache: point errors aga
 where the scene has depth and poses, of teacher and student against the ground truth; camera localization by
 PnP-RANSAC from the student's points (averaged over rolled and zoomed copies of each image, ``tta``) and, as the
 reference, from the teacher's labels (settings chosen on the validation frames with ``tune=true``) and, with
-``matching=true``, from SIFT matches against the training labels; how far each test frame is from the training cameras (``gen/*``,
+``matching=true``, from SIFT matches against the training labels (and with ``matching_refine=true`` the
+student's poses refined by such matches); how far each test frame is from the training cameras (``gen/*``,
 :mod:`lit3d.metrics.coverage`). Writes into the run directory: ``metrics.json`` (fit's keys kept; ``eval/*``,
-``loc/*``, ``loc_teacher/*``, ``loc_matching/*``, ``gen/*``, ``export/*`` replaced), ``eval_frames.csv`` (one row per frame),
+``loc/*``, ``loc_teacher/*``, ``loc_matching/*``, ``loc_refined/*``, ``gen/*``, ``export/*`` replaced), ``eval_frames.csv`` (one row per frame),
 ``eval_tuning.csv`` (with ``tune=true``), figures (``eval_frames.png``, ``eval_loc_cdf_t.png``,
 ``eval_loc_cdf_r.png``, ``eval_generalisation.png``: where frames fail against the training cameras,
 ``eval_pointclouds.html``) and ``exports/`` (PLY clouds, ONNX and TorchScript student
@@ -33,8 +34,8 @@ from lit3d.geometry import transform_points
 from lit3d.metrics.coverage import generalisation, summarize_generalisation
 from lit3d.metrics.localization import choose_setting, tuning_grid
 from lit3d.runs import (Frames, checkpoint_path, default_reprojection_px, labels_to_gt, load_frames, localize_frames,
-                        match_frames, merge_metrics, nearest_rigid, point_errors, pose_to_gt, resolve_device, run_config,
-                        with_ensemble, write_csv)
+                        match_frames, merge_metrics, nearest_rigid, point_errors, pose_to_gt, refine_frames,
+                        resolve_device, run_config, training_views, with_ensemble, write_csv)
 from lit3d.students.checkpoints import CheckpointFileError
 from lit3d.students.module import StudentModule
 from lit3d.students.tta import TestTimeOptions
@@ -44,7 +45,7 @@ __all__ = ["EvalOptions", "evaluate_run", "labels_to_gt", "main", "nearest_rigid
 
 log = logging.getLogger("lit3d.evaluate")
 
-EVAL_PREFIXES = ("eval/", "loc/", "loc_teacher/", "loc_matching/", "gen/")
+EVAL_PREFIXES = ("eval/", "loc/", "loc_teacher/", "loc_matching/", "loc_refined/", "gen/")
 """metrics.json keys owned by this command: replaced on every evaluation (``export/`` too when it exports)."""
 
 
@@ -72,8 +73,12 @@ class EvalOptions(TestTimeOptions):
     """Also localize each frame by a classical yardstick: SIFT matches against the matching_views training frames
     nearest its true pose, lifted by their labels, PnP-RANSAC (matching_* columns, loc_matching/* metrics). A frame
     it misses too is one whose image and the training labels disagree, not only the student's miss."""
+    matching_refine: bool = False
+    """Also refine the student's pose of each frame by SIFT matches against the matching_views training frames
+    nearest THAT pose (no true pose used: what lit3d localize matching=true does with new photos), kept where at
+    least 30 matches agree on it (refined_* columns, loc_refined/* metrics)."""
     matching_views: int = 10
-    """Training frames each frame is matched against (with matching=true)."""
+    """Training frames each frame is matched against (with matching=true or matching_refine=true)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -130,6 +135,11 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
             raise ValueError(f"matching=true needs the true poses of the {opt.split} frames (the scene has none)")
         match_rows, match_metrics = match_frames(cache, names, S_44, opt.matching_views)
         metrics.update(match_metrics)
+    refined_rows: list[dict] = [{} for _ in names]
+    if opt.matching_refine:
+        refined_rows, refined_metrics = refine_frames(fr, poses["student_pnp"], training_views(cache), S_44,
+                                                      loc["reprojection_px"], opt.matching_views)
+        metrics.update(refined_metrics)
     metrics.update({
         "eval/checkpoint": str(ckpt), "eval/split": opt.split, "eval/n_frames": float(len(names)),
         "eval/reprojection_px": loc["reprojection_px"], "eval/ransac_iterations": float(loc["iterations"]),
@@ -140,8 +150,8 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
         "eval/labels_unit": info.get("unit"),
     })
     check_finite_metrics(metrics, ckpt)
-    write_csv(run_dir / "eval_frames.csv", [{"frame": n, **e, **p, **m, **g}
-                                             for n, e, p, m, g in zip(names, err_rows, loc_rows, match_rows, gen_rows)])
+    write_csv(run_dir / "eval_frames.csv", [{"frame": n, **e, **p, **m, **r, **g} for n, e, p, m, r, g
+                                             in zip(names, err_rows, loc_rows, match_rows, refined_rows, gen_rows)])
     _figures(run_dir, fr, S_44, loc_rows, poses, opt.figure_frames)
     _generalisation_map(run_dir, train_cam2world, loc_rows, gen_rows, poses)
     if opt.exports:
@@ -154,6 +164,10 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
     if opt.matching:
         log.info("classical yardstick (SIFT matches against training labels): %.1f %% at 5 cm / 5 deg, median %.2f cm",
                  100 * metrics["loc_matching/acc_5cm5deg"], metrics["loc_matching/median_t_cm"])
+    if "loc_refined/acc_5cm5deg" in metrics:
+        log.info("student refined by matching: %.1f %% at 5 cm / 5 deg, median %.2f cm (matching adopted on %.1f %% "
+                 "of the frames)", 100 * metrics["loc_refined/acc_5cm5deg"], metrics["loc_refined/median_t_cm"],
+                 100 * metrics["loc_refined/adopted_rate"])
     if "gen/coverage_mean" in metrics or "gen/nearest_train_m_median" in metrics:
         log.info("test frames vs training cameras: median nearest %.3f (poses' unit), %.1f deg to it, %.1f deg to the "
                  "closest in rotation; surface seen by training frames %.1f %%, at %.2f-%.2fx (median %.2fx) the "

@@ -28,7 +28,7 @@ from lit3d.cache.store import CacheError, LabelCache
 from lit3d.config import ConfigError
 from lit3d.export.cameras import (LabelPoints, cache_cameras, colmap_model, frame_points, points_per_frame,
                                   write_colmap_binary, write_colmap_text, write_png, write_tum)
-from lit3d.runs import read_metrics
+from lit3d.runs import run_label_cache
 
 log = logging.getLogger("lit3d.export_cameras")
 
@@ -55,22 +55,9 @@ class ExportCamerasOptions:
 
 
 def open_cache(path: str | Path, cache_dir: str = "") -> tuple[LabelCache, Path]:
-    """The label cache of a run directory (``labels/cache`` of its metrics.json) or a cache folder, and the default
+    """The label cache of a run directory or a cache folder (:func:`lit3d.runs.run_label_cache`), and the default
     output folder."""
-    path = Path(path)
-    if (path / "manifest.json").is_file():
-        return LabelCache(path), path / "cameras"
-    if not (path / "config.yaml").is_file():
-        raise FileNotFoundError(f"{path} is neither a run directory (config.yaml) nor a label cache (manifest.json)")
-    recorded = read_metrics(path).get("labels/cache")
-    if not recorded:
-        raise FileNotFoundError(f"{path}/metrics.json does not name the run's label cache (labels/cache)")
-    root = Path(recorded)
-    if not root.is_dir() and cache_dir:
-        root = Path(cache_dir) / "labels" / root.name
-    if not root.is_dir():
-        raise FileNotFoundError(f"label cache {root} of run {path} not found (cache_dir=DIR finds a moved cache)")
-    return LabelCache(root), path / "cameras"
+    return run_label_cache(path, cache_dir), Path(path) / "cameras"
 
 
 def export_cameras(path: str | Path, opt: ExportCamerasOptions | None = None) -> dict[str, str | int]:

@@ -4,7 +4,9 @@ QUERY: image files (jpg, jpeg, png), folders of them, or text files listing imag
 the list). Each photo is read with its EXIF orientation, resized to the student's input with its intrinsics
 scaled, predicted in batches (averaged over rolled and zoomed copies of each photo, ``tta``, as ``lit3d
 evaluate`` does), and localized by PnP + RANSAC with ``lit3d evaluate``'s settings (inlier threshold 10 px at 640
-px width scaled to the student's, 1000 iterations, LM refinement). Intrinsics, at the
+px width scaled to the student's, 1000 iterations, LM refinement). With ``matching=true`` (run directories) each
+pose is then refined by SIFT matches against the run's training frames nearest it, lifted by their labels
+(:func:`lit3d.metrics.matching.refine_by_matching`; kept where at least 30 matches agree). Intrinsics, at the
 photo's own size: ``intrinsics=K.txt`` (one 3x3 matrix for every photo), a per-image list (``NAME fx fy cx cy``
 a line), a COLMAP ``cameras.txt`` (one camera, or several with ``images.txt`` beside it), or ``hfov_deg=``.
 
@@ -37,8 +39,9 @@ from lit3d.cameras import (CameraFileError, check_intrinsics, hloc_line, read_co
 from lit3d.data.io import image_size, read_rgb, resize_rgb
 from lit3d.geometry import invert_pose, project, scale_intrinsics, transform_points
 from lit3d.metrics.localization import localize as pnp_ransac
+from lit3d.metrics.matching import ViewDatabase, refine_by_matching
 from lit3d.runs import (checkpoint_path, default_reprojection_px, predict, read_metrics, resolve_device, run_config,
-                        with_ensemble)
+                        run_label_cache, training_views, with_ensemble)
 from lit3d.students.tta import TestTimeOptions
 
 log = logging.getLogger("lit3d.localize")
@@ -69,6 +72,14 @@ class LocalizeOptions(TestTimeOptions):
     """Levenberg-Marquardt refinement on the inliers."""
     ply: bool = False
     """Also write each query's coloured point cloud (ply/NAME.ply, scene frame and unit)."""
+    matching: bool = False
+    """Refine each pose by SIFT matches against the matching_views training frames nearest it, lifted by their
+    labels (run directories: their label cache holds those frames); the matched pose is kept where at least 30
+    matches agree on it."""
+    matching_views: int = 10
+    """Training frames each query is matched against (with matching=true)."""
+    cache_dir: str = ""
+    """With matching=true: where the run's label cache is when it has moved since training."""
     device: str = "auto"
     """PyTorch device: auto, cpu, cuda (ONNX Runtime runs on the CPU)."""
 
@@ -83,7 +94,7 @@ class PoseResult:
     cam2world_44: np.ndarray | None
     """Camera-to-world 4x4 in the scene's frame and unit (OpenCV camera axes); None unless ``ok``."""
     n_points: int
-    """Valid student points offered to RANSAC."""
+    """Correspondences offered to RANSAC: valid student points, or SIFT matches where ``matched``."""
     n_inliers: int
     inlier_ratio: float
     reprojection_error_px: float
@@ -98,6 +109,8 @@ class PoseResult:
     """The student's world points at its input size (with ``keep_points``)."""
     image_HW3: np.ndarray | None = None
     """The photo at the student's input size, uint8 (with ``keep_points``)."""
+    matched: bool = False
+    """Whether the pose came from SIFT matches against training frames (``matching``), not the student's points."""
 
     @property
     def ok(self) -> bool:
@@ -108,7 +121,8 @@ class PoseResult:
                 "cam2world": None if self.cam2world_44 is None else self.cam2world_44.tolist(),
                 "n_points": self.n_points, "n_inliers": self.n_inliers, "inlier_ratio": self.inlier_ratio,
                 "reprojection_error_px": None if np.isnan(self.reprojection_error_px) else self.reprojection_error_px,
-                "K": self.K_33.tolist(), "image_size": list(self.image_size), "seconds": self.seconds}
+                "K": self.K_33.tolist(), "image_size": list(self.image_size), "seconds": self.seconds,
+                "matched": self.matched}
 
 
 # --- models -------------------------------------------------------------------------------------------------------
@@ -280,13 +294,16 @@ def _intrinsics_file(path: Path, names: list[str], sizes: list[tuple[int, int]])
 def localize(run_or_model, images: Sequence[str | Path | np.ndarray] | str | Path, K=None, hfov_deg: float = 0.0,
              checkpoint: str = "best", batch_size: int = 0, reprojection_px: float = 0.0, iterations: int = 1000,
              refine: bool = True, device: str = "auto", keep_points: bool = False, progress: bool = False,
-             names: Sequence[str] | None = None, tta: TestTimeOptions | None = None) -> list[PoseResult]:
+             names: Sequence[str] | None = None, tta: TestTimeOptions | None = None,
+             matching: ViewDatabase | None = None, matching_views: int = 10) -> list[PoseResult]:
     """Camera-to-world poses of ``images`` (paths, or uint8 RGB arrays as they are after EXIF orientation) from a
     run directory, an exported student (.onnx / .ts) or a :class:`PointmapModel` (test-time augmentation:
     ``tta``, default ``TestTimeOptions()``, on; a PointmapModel keeps what :func:`load_model` gave it).
 
-    ``K``: intrinsics at each image's own size (see :func:`query_intrinsics`). A query without a pose is reported
-    by its ``status``; unreadable images and missing or singular intrinsics raise (one-line) errors before any
+    ``K``: intrinsics at each image's own size (see :func:`query_intrinsics`). ``matching``: training views (the
+    labels' frame, :func:`lit3d.runs.training_views`) whose SIFT matches refine each pose (``matching_views``
+    nearest it, :func:`lit3d.metrics.matching.refine_by_matching`). A query without a pose is reported by its
+    ``status``; unreadable images and missing or singular intrinsics raise (one-line) errors before any
     work starts.
     """
     model = (run_or_model if isinstance(run_or_model, PointmapModel)
@@ -323,13 +340,18 @@ def localize(run_or_model, images: Sequence[str | Path | np.ndarray] | str | Pat
             # float32 as the label cache stores K: a photo at the labels' size then gets evaluate's pose exactly
             K_grid = scale_intrinsics(K_list[k], w / W0, h / H0).astype(np.float32).astype(np.float64)
             res = pnp_ransac(pts_NHW3[j], None, K_grid, reprojection_px=px, iterations=iterations, refine=refine)
+            matched = False
+            if matching is not None:
+                ref = refine_by_matching(x_NHW3[j], K_grid, res, matching, px, matching_views)
+                res, matched = ref.result, ref.adopted
             err = _reprojection_error(pts_NHW3[j], K_grid, res.cam2world_44, px) * (W0 / w + H0 / h) / 2
             results.append(PoseResult(
                 names[k], "ok" if res.ok else res.reason, res.cam2world_44, res.n_points, res.n_inliers,
                 res.inlier_ratio, err, K_list[k], (H0, W0), share + res.seconds,
-                pts_NHW3[j] if keep_points else None, x_NHW3[j] if keep_points else None))
+                pts_NHW3[j] if keep_points else None, x_NHW3[j] if keep_points else None, matched))
     n_ok = sum(r.ok for r in results)
-    log.info("%d of %d images localized", n_ok, len(results))
+    log.info("%d of %d images localized%s", n_ok, len(results),
+             f", {sum(r.matched for r in results)} by matching" if matching is not None else "")
     return results
 
 
@@ -401,15 +423,23 @@ def main(argv: list[str] | None = None) -> int:
         if not queries:
             raise ValueError(f"no query images; usage: {USAGE}")
         paths = expand_queries(queries)
+        if opt.matching_views < 1:
+            raise ValueError(f"localize: matching_views must be at least 1, got {opt.matching_views}")
+        if opt.matching and not Path(source).is_dir():
+            raise ValueError(f"matching=true needs a run directory (its label cache holds the training frames), "
+                             f"not {source}")
+        db = training_views(run_label_cache(source, opt.cache_dir)) if opt.matching else None
         model = load_model(source, opt.checkpoint, opt.device, tta=opt)
         results = localize(model, paths, opt.intrinsics or None, opt.hfov_deg, batch_size=opt.batch_size,
                            reprojection_px=opt.reprojection_px, iterations=opt.iterations, refine=opt.refine,
-                           keep_points=opt.ply, progress=True, names=_unique_names(paths))
+                           keep_points=opt.ply, progress=True, names=_unique_names(paths), matching=db,
+                           matching_views=opt.matching_views)
         src = Path(source)
         out = Path(opt.out) if opt.out else (src / "localize" if src.is_dir() else src.parent / "localize")
         settings = {"reprojection_px": opt.reprojection_px or default_reprojection_px(model.input_hw[1]),
                     "iterations": opt.iterations, "refine": opt.refine, "intrinsics": opt.intrinsics,
-                    "hfov_deg": opt.hfov_deg, "tta_views": opt.views(),
+                    "hfov_deg": opt.hfov_deg, "tta_views": opt.views(), "matching": opt.matching,
+                    "matching_views": opt.matching_views,
                     **opt.record()}
         files = write_results(out, results, model, settings, opt.ply)
         lat = latency_summary(results)

@@ -31,8 +31,8 @@ from lit3d.config import ConfigError, FitConfig, from_yaml, load_config
 from lit3d.files import atomic_write_bytes
 from lit3d.locks import LockBusy, file_lock
 from lit3d.geometry import backproject_depth, nearest_rotation, rotation_angle_deg, transform_points, umeyama_sim3
-from lit3d.metrics.localization import localize, pose_errors, summarize
-from lit3d.metrics.matching import Keypoints, localize_by_matching, nearest_views, sift_keypoints
+from lit3d.metrics.localization import PnPResult, localize, localize_points, pose_errors, summarize
+from lit3d.metrics.matching import MIN_INLIERS, ViewDatabase, refine_by_matching, sift_keypoints
 from lit3d.metrics.pointmap import error_summary
 from lit3d.students.checkpoints import REFINED_FROM, current_hash, load_checkpoint
 from lit3d.students.ensemble import PointEnsemble
@@ -162,6 +162,25 @@ def load_student(run_dir: str | Path, which: str = "best") -> StudentModule:
     """The run's trained student (CPU, eval mode), checkpoint chosen by :func:`checkpoint_path`."""
     module = StudentModule.load(checkpoint_path(run_dir, which))
     return module.eval()
+
+
+def run_label_cache(path: str | Path, cache_dir: str = "") -> LabelCache:
+    """The label cache of a run directory (``labels/cache`` of its metrics.json; ``cache_dir``: where it is
+    looked for by name when it has moved) or a cache folder itself; never builds one."""
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        return LabelCache(path)
+    if not (path / "config.yaml").is_file():
+        raise FileNotFoundError(f"{path} is neither a run directory (config.yaml) nor a label cache (manifest.json)")
+    recorded = read_metrics(path).get("labels/cache")
+    if not recorded:
+        raise FileNotFoundError(f"{path}/metrics.json does not name the run's label cache (labels/cache)")
+    root = Path(recorded)
+    if not root.is_dir() and cache_dir:
+        root = Path(cache_dir) / "labels" / root.name
+    if not root.is_dir():
+        raise FileNotFoundError(f"label cache {root} of run {path} not found (cache_dir=DIR finds a moved cache)")
+    return LabelCache(root)
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
@@ -528,10 +547,10 @@ def localize_frames(fr: Frames, S_44: np.ndarray | None, reprojection_px: float,
     Estimates are mapped into the dataset frame by ``S_44`` (:func:`labels_to_gt`) before they are compared with
     the true poses. Returns per-frame rows, ``loc/*`` and ``loc_teacher/*`` metrics (accuracies only when every
     frame has a true pose) and the camera-to-world poses ``{'student', 'teacher', 'true'}`` in the dataset frame
-    (None: unknown).
+    (None: unknown), with ``'student_pnp'``: the student's PnP results as solved (labels' frame).
     """
     rows: list[dict] = []
-    poses: dict[str, list] = {"student": [], "teacher": [], "true": []}
+    poses: dict[str, list] = {"student": [], "teacher": [], "true": [], "student_pnp": []}
     for i in range(len(fr.names)):
         true_44 = fr.cam2world_N44[i]
         has_pose = S_44 is not None and bool(np.all(np.isfinite(true_44)))
@@ -545,6 +564,8 @@ def localize_frames(fr: Frames, S_44: np.ndarray | None, reprojection_px: float,
             est_44 = pose_to_gt(S_44, res.cam2world_44) if has_pose else None
             t_cm, r_deg = pose_errors(est_44, true_44) if has_pose else (float("nan"), float("nan"))
             poses[name].append(est_44)
+            if name == "student":
+                poses["student_pnp"].append(res)
             row.update({f"{name}_loc_ok": res.ok, f"{name}_t_cm": t_cm, f"{name}_r_deg": r_deg,
                         f"{name}_inlier_ratio": res.inlier_ratio, f"{name}_loc_ms": 1000 * res.seconds,
                         f"{name}_loc_reason": res.reason})
@@ -572,31 +593,77 @@ def match_frames(cache: LabelCache, names: list[str], S_44: np.ndarray, views: i
     Returns per-frame rows (``matching_loc_ok``, ``matching_t_cm``, ``matching_r_deg``, ``matching_matches``,
     ``matching_inliers``, ``matching_loc_reason``) and ``loc_matching/*`` metrics (:func:`summarize`).
     """
-    train = cache.split.get("train") or []
-    if not train:
-        raise ValueError(f"the label cache {cache.root} has no 'train' frames to match against")
-    train_cam2world_M44 = np.stack([cache.load_frame(n)["cam2world"] for n in train]).astype(np.float64)
-    loaded: dict[int, tuple[dict, Keypoints]] = {}  # training view -> (frame, keypoints), computed once
-
-    def view(j: int) -> tuple[dict, Keypoints]:
-        if j not in loaded:
-            frame = cache.load_frame(train[j])
-            loaded[j] = frame, sift_keypoints(frame["image"], max_features)
-        return loaded[j]
-
+    train = _training_names(cache)
+    # picked by true poses, so posed as the dataset gives them (the labels' frame may differ by S_44)
+    db = ViewDatabase(np.stack([cache.load_frame(n)["cam2world"] for n in train]),
+                      lambda j: cache.load_frame(train[j]), max_features)
     rows = []
     for name in names:
         frame = cache.load_frame(name)
         true_44 = nearest_rigid(frame["cam2world"].astype(np.float64))
         if not np.all(np.isfinite(true_44)):
             raise ValueError(f"frame {name} of {cache.root} has no true pose: the yardstick needs one to pick views")
-        chosen = [view(int(j)) for j in nearest_views(true_44, train_cam2world_M44, views)]
+        uv_N2, pts_N3 = db.correspondences(sift_keypoints(frame["image"], max_features), true_44, views, ratio)
         px = reprojection_px or default_reprojection_px(frame["image"].shape[1])
-        res, n_matches = localize_by_matching(frame["image"], frame["K"], [f for f, _ in chosen], px, max_features,
-                                              ratio, [k for _, k in chosen])
+        res = localize_points(pts_N3, uv_N2, frame["K"], reprojection_px=px)
         t_cm, r_deg = pose_errors(pose_to_gt(S_44, res.cam2world_44), true_44)
         rows.append({"matching_loc_ok": res.ok, "matching_t_cm": t_cm, "matching_r_deg": r_deg,
-                     "matching_matches": n_matches, "matching_inliers": res.n_inliers,
+                     "matching_matches": len(uv_N2), "matching_inliers": res.n_inliers,
                      "matching_loc_reason": res.reason})
-    s = summarize(np.array([r["matching_t_cm"] for r in rows]), np.array([r["matching_r_deg"] for r in rows]))
-    return rows, {"loc_matching/" + k.split("/", 1)[1]: v for k, v in s.items()}
+    return rows, _prefixed(rows, "matching", "loc_matching/")
+
+
+def _training_names(cache: LabelCache) -> list[str]:
+    train = cache.split.get("train") or []
+    if not train:
+        raise ValueError(f"the label cache {cache.root} has no 'train' frames to match against")
+    return train
+
+
+def _prefixed(rows: list[dict], column: str, prefix: str) -> dict[str, float]:
+    s = summarize(np.array([r[f"{column}_t_cm"] for r in rows]), np.array([r[f"{column}_r_deg"] for r in rows]))
+    return {prefix + k.split("/", 1)[1]: v for k, v in s.items()}
+
+
+def training_views(cache: LabelCache, max_features: int = 2000) -> ViewDatabase:
+    """The training frames of ``cache`` to match queries against, posed as the alignment used or solved them (the
+    labels' frame and unit, as a student's PnP poses are)."""
+    train = _training_names(cache)
+    cams = cache.cameras()
+    if cams is None:
+        raise ValueError(f"label cache {cache.root} keeps no cameras (built by an older lit3d); delete "
+                         f"{cache.root / 'labels.json'} and run lit3d label again to store them")
+    row = {str(n): i for i, n in enumerate(cams["names"])}
+    nan_44 = np.full((4, 4), np.nan)
+    poses_M44 = np.stack([cams["cam2world"][row[n]] if n in row else nan_44 for n in train])
+    return ViewDatabase(poses_M44, lambda j: cache.load_frame(train[j]), max_features)
+
+
+def refine_frames(fr: Frames, student_pnp: list[PnPResult], db: ViewDatabase, S_44: np.ndarray | None,
+                  reprojection_px: float, views: int = 10, min_inliers: int = MIN_INLIERS
+                  ) -> tuple[list[dict], dict[str, float]]:
+    """The student's poses refined by matching (:func:`lit3d.metrics.matching.refine_by_matching`): each frame's
+    image matched against the ``views`` training views nearest the student's pose ``student_pnp`` (labels'
+    frame), the matched pose kept where ``min_inliers`` support it. No true pose is used to pick views.
+
+    Returns per-frame rows (``refined_loc_ok``, ``refined_t_cm``, ``refined_r_deg``, ``refined_adopted``,
+    ``refined_matches``, ``refined_inliers``, ``refined_loc_ms``) and ``loc_refined/*`` metrics (accuracies
+    when every frame has a true pose, the fraction of frames whose pose matching gave, the time per frame).
+    """
+    rows = []
+    for i, prior in enumerate(student_pnp):
+        ref = refine_by_matching(fr.images_NHW3[i], fr.K_N33[i], prior, db, reprojection_px, views,
+                                 min_inliers=min_inliers)
+        true_44 = fr.cam2world_N44[i]
+        has_pose = S_44 is not None and bool(np.all(np.isfinite(true_44)))
+        t_cm, r_deg = (pose_errors(pose_to_gt(S_44, ref.result.cam2world_44), true_44) if has_pose
+                       else (float("nan"), float("nan")))
+        rows.append({"refined_loc_ok": ref.result.ok, "refined_t_cm": t_cm, "refined_r_deg": r_deg,
+                     "refined_adopted": ref.adopted, "refined_matches": ref.matches, "refined_inliers": ref.inliers,
+                     "refined_loc_ms": 1000 * ref.result.seconds})
+    metrics = _prefixed(rows, "refined", "loc_refined/") if S_44 is not None and all(
+        np.all(np.isfinite(T)) for T in fr.cam2world_N44) else {}
+    metrics["loc_refined/adopted_rate"] = float(np.mean([r["refined_adopted"] for r in rows])) if rows else float("nan")
+    metrics["loc_refined/time_ms_per_frame"] = (float(np.mean([r["refined_loc_ms"] for r in rows])) if rows
+                                                else float("nan"))
+    return rows, metrics

@@ -214,12 +214,25 @@ def test_evaluate_a_tiny_run(tiny_cfg, caplog, monkeypatch):
     assert [r["frame"] for r in matched_rows] == names
     assert all(int(r["matching_inliers"]) <= int(r["matching_matches"]) for r in matched_rows)
     assert all((r["matching_loc_ok"] == "True") == (r["matching_loc_reason"] == "") for r in matched_rows)
+    # matching_refine=true: the student's pose kept, or replaced by a matched one that 30 inliers support
+    refined = evaluate_run(run, options=EvalOptions(tta=False, exports=False, figure_frames=1, matching_refine=True,
+                                                    matching_views=3))
+    assert all(f"loc_refined/{k}" in refined for k in ("acc_5cm5deg", "n_frames", "adopted_rate", "time_ms_per_frame"))
+    with open(run / "eval_frames.csv", newline="") as f:
+        refined_rows = list(csv.DictReader(f))
+    assert refined["loc_refined/adopted_rate"] == np.mean([r["refined_adopted"] == "True" for r in refined_rows])
+    for r in refined_rows:
+        if r["refined_adopted"] == "True":
+            assert int(r["refined_inliers"]) >= 30 and int(r["refined_matches"]) >= int(r["refined_inliers"])
+        else:
+            assert (r["refined_t_cm"], r["refined_r_deg"]) == (r["student_t_cm"], r["student_r_deg"])
+    assert not any(k.startswith("loc_matching/") for k in refined)
 
     # a re-run without exports keeps the export keys and replaces the rest (the yardstick's keys go with it)
     again = evaluate_run(run, options=EvalOptions(checkpoint="last", exports=False, figure_frames=1))
     merged = json.loads((run / "metrics.json").read_text())
     assert merged["eval/checkpoint"].endswith("last.ckpt") and "export/onnx_size_mb" in merged
-    assert not any(k.startswith("loc_matching/") for k in merged)
+    assert not any(k.startswith(("loc_matching/", "loc_refined/")) for k in merged)
     assert merged["loc/median_t_cm"] == again["loc/median_t_cm"]
 
     # tune=true: settings chosen on the validation frames, table written, the choice used for the test frames

@@ -274,13 +274,31 @@ def test_localize_the_kitchen_sample_like_evaluate(tmp_path, caplog):
         assert (float(r["student_t_cm"]), float(r["student_r_deg"])) == (t_cm, r_deg)
     assert (run / "localize" / "poses_hloc.txt").is_file() and len(list((run / "localize" / "ply").glob("*.ply"))) == 12
 
+    # matching=true refines each pose against the run's training frames: the poses evaluate's matching_refine gives
+    evaluate_run(run, options=EvalOptions(exports=False, figure_frames=1, matching_refine=True, matching_views=4))
+    assert main([str(run), str(tmp_path / "queries.txt"), f"intrinsics={SAMPLE / 'camera-intrinsics.txt'}",
+                 "matching=true", "matching_views=4", f"out={tmp_path / 'matched'}"]) == 0
+    matched = json.loads((tmp_path / "matched" / "poses.json").read_text())
+    assert matched["settings"]["matching"] is True and matched["settings"]["matching_views"] == 4
+    with open(run / "eval_frames.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r, q, plain, true_44 in zip(rows, matched["queries"], out["queries"], fr.cam2world_N44):
+        assert q["matched"] == (r["refined_adopted"] == "True")
+        if not q["matched"]:
+            assert q["cam2world"] == plain["cam2world"]
+        t_cm, r_deg = pose_errors(np.array(q["cam2world"]), true_44)
+        assert (float(r["refined_t_cm"]), float(r["refined_r_deg"])) == pytest.approx((t_cm, r_deg), abs=1e-9)
+
     (tmp_path / "singular.txt").write_text("525 0 319.5\n0 0 239.5\n0 0 1\n")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     photo = SAMPLE / f"{names[0]}.color.jpg"
     for argv, message in [([str(run), str(photo), f"intrinsics={tmp_path / 'singular.txt'}"], "not an invertible"),
                           ([str(run), str(tmp_path / "broken.jpg"), "hfov_deg=60"], "broken.jpg: not a readable image"),
                           ([str(run), str(photo)], "no intrinsics"),
-                          ([str(run), str(photo), "hfov_deg=60", "batch_size=two"], "invalid value for 'batch_size'")]:
+                          ([str(run), str(photo), "hfov_deg=60", "batch_size=two"], "invalid value for 'batch_size'"),
+                          ([str(run), str(photo), "hfov_deg=60", "matching_views=0"], "matching_views must be at least 1"),
+                          ([str(tmp_path / "student.onnx"), str(photo), "hfov_deg=60", "matching=true"],
+                           "matching=true needs a run directory")]:
         caplog.clear()
         with caplog.at_level(logging.ERROR):
             assert main(argv) == 2

@@ -6,13 +6,20 @@ matches into a pose. No network is involved, so the figure tells what the labels
 a frame: where this yardstick also misses, the frame's view of the scene disagrees with the training labels
 (depth not registered to colour, a viewpoint too far for local features), not only the student.
 
+:func:`refine_by_matching` uses the same matches at test time, where no true pose exists: the views are the
+training views nearest a STUDENT's pose estimate (:class:`ViewDatabase`), and the matched pose replaces the
+student's where enough matches agree on it.
+
 Images are uint8 RGB (H, W, 3); pixel centres at integer coordinates (OpenCV's keypoint convention); label maps
 (H, W, 3) are world points in the labels' frame and unit, of the same views at the same resolution; poses are
 camera-to-world 4x4 in one frame and unit.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import time
 
 import cv2
 import numpy as np
@@ -94,3 +101,84 @@ def localize_by_matching(image_HW3: np.ndarray, K_33: np.ndarray, views: list[di
     uv_N2, pts_N3 = match_correspondences(sift_keypoints(image_HW3, max_features), views, ratio, features,
                                           max_features)
     return localize_points(pts_N3, uv_N2, K_33, reprojection_px=reprojection_px), len(uv_N2)
+
+
+MIN_INLIERS = 30
+"""Matched inliers a pose needs to replace a student's (COLMAP's default for absolute poses,
+``abs_pose_min_num_inliers``): fewer can be a chance consensus of wrong matches."""
+
+
+class ViewDatabase:
+    """Labelled training views to match queries against: their camera-to-world poses ``cam2world_M44`` (the
+    labels' frame and unit; non-finite = unposed, never picked) known up front, and ``load(j)`` giving view j's
+    ``image``, ``pts_world`` and ``valid`` at the label grid, read with its SIFT keypoints on first use and kept."""
+
+    def __init__(self, cam2world_M44: np.ndarray, load: Callable[[int], dict[str, np.ndarray]],
+                 max_features: int = 2000):
+        self.cam2world_M44 = np.asarray(cam2world_M44, dtype=np.float64).reshape(-1, 4, 4)
+        self.posed_P = np.flatnonzero(np.isfinite(self.cam2world_M44).all(axis=(1, 2)))
+        if len(self.posed_P) == 0:
+            raise ValueError("matching needs training views with poses; none of them has one")
+        self._load, self.max_features = load, max_features
+        self._views: dict[int, tuple[dict[str, np.ndarray], Keypoints]] = {}
+
+    def nearest(self, cam2world_44: np.ndarray, k: int) -> list[int]:
+        """Indices of the ``k`` posed views nearest to a camera (:func:`nearest_views`)."""
+        return [int(self.posed_P[i]) for i in nearest_views(cam2world_44, self.cam2world_M44[self.posed_P], k)]
+
+    def view(self, j: int) -> tuple[dict[str, np.ndarray], Keypoints]:
+        if j not in self._views:
+            frame = self._load(j)
+            self._views[j] = frame, sift_keypoints(frame["image"], self.max_features)
+        return self._views[j]
+
+    def correspondences(self, query: Keypoints, cam2world_44: np.ndarray, k: int, ratio: float = 0.8
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`match_correspondences` of a query against the ``k`` views nearest ``cam2world_44``."""
+        chosen = [self.view(j) for j in self.nearest(cam2world_44, k)]
+        return match_correspondences(query, [v for v, _ in chosen], ratio, [kp for _, kp in chosen])
+
+
+@dataclass
+class Refinement:
+    """Outcome of :func:`refine_by_matching`: the pose kept (``result``), whether matching gave it (``adopted``),
+    and the matches and inliers of the best matched pose (0 when none)."""
+
+    result: PnPResult
+    adopted: bool
+    matches: int
+    inliers: int
+
+
+def refine_by_matching(image_HW3: np.ndarray, K_33: np.ndarray, prior: PnPResult, db: ViewDatabase,
+                       reprojection_px: float, views: int = 10, rounds: int = 2, min_inliers: int = MIN_INLIERS,
+                       ratio: float = 0.8) -> Refinement:
+    """A query's pose from SIFT matches against the training views nearest a prior estimate (a student's PnP
+    pose, labels' frame): each round matches against the ``views`` views nearest the latest pose and solves
+    PnP-RANSAC; the matched pose with the most inliers, if it has ``min_inliers``, replaces ``prior``.
+
+    A second round re-picks the views around the first matched pose, so a prior some decimetres off still ends
+    on the views a true pose would pick. Without a prior pose, or without a matched pose that enough matches
+    support, ``prior`` is kept: matching never loses a frame the prior localized.
+    """
+    if not prior.ok:
+        return Refinement(prior, False, 0, 0)
+    t0 = time.perf_counter()
+    query = sift_keypoints(image_HW3, db.max_features)
+    best: tuple[PnPResult, int] | None = None
+    pose_44 = prior.cam2world_44
+    for _ in range(rounds):
+        uv_N2, pts_N3 = db.correspondences(query, pose_44, views, ratio)
+        res = localize_points(pts_N3, uv_N2, K_33, reprojection_px=reprojection_px)
+        if not res.ok:
+            break
+        if best is None or res.n_inliers > best[0].n_inliers:
+            best = res, len(uv_N2)
+        pose_44 = res.cam2world_44
+    if best is None:
+        return Refinement(prior, False, 0, 0)
+    res, n_matches = best
+    if res.n_inliers < min_inliers:
+        return Refinement(prior, False, n_matches, res.n_inliers)
+    return Refinement(replace(res, seconds=prior.seconds + time.perf_counter() - t0), True, n_matches,
+                      res.n_inliers)

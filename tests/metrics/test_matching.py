@@ -1,5 +1,6 @@
 """The classical matching yardstick: ratio test, label lookup and view ranking against brute force; poses of a
-textured plane rendered from known cameras recovered from SIFT matches; the notebook helper on a tiny cache."""
+textured plane rendered from known cameras recovered from SIFT matches, from the true views or from views picked by
+a perturbed prior pose (refinement); the notebook helper on a tiny cache."""
 from __future__ import annotations
 
 import cv2
@@ -7,18 +8,18 @@ import numpy as np
 import pytest
 
 from lit3d.geometry import invert_pose, look_at
-from lit3d.metrics.localization import localize_points, pose_errors
-from lit3d.metrics.matching import (Keypoints, lift, localize_by_matching, match_correspondences, nearest_views,
-                                    ratio_matches, sift_keypoints)
+from lit3d.metrics.localization import PnPResult, localize_points, pose_errors
+from lit3d.metrics.matching import (Keypoints, ViewDatabase, lift, localize_by_matching, match_correspondences,
+                                    nearest_views, ratio_matches, refine_by_matching, sift_keypoints)
 
 H, W = 120, 160
 K_33 = np.array([[140.0, 0.0, 79.5], [0.0, 140.0, 59.5], [0.0, 0.0, 1.0]])
 TEXTURE_PX = 600  # the texture covers the world square [-1, 1]^2 of the plane z = 0
 
 
-def texture() -> np.ndarray:
+def texture(seed: int = 0) -> np.ndarray:
     """A random blob texture (uint8 RGB) with corners and blobs at several scales for SIFT."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     img = np.zeros((TEXTURE_PX, TEXTURE_PX, 3), np.float32)
     for sigma in (2.0, 5.0, 12.0):
         noise = rng.normal(size=(TEXTURE_PX, TEXTURE_PX, 3)).astype(np.float32)
@@ -118,6 +119,49 @@ def test_matching_recovers_the_pose_of_a_rendered_view():
     other = render(true_44, np.ascontiguousarray(np.rot90(tex)))
     bad, _ = localize_by_matching(other["image"], K_33, training, reprojection_px=2.0)
     assert not bad.ok or pose_errors(bad.cam2world_44, true_44)[0] > 5
+
+
+def _prior(cam2world_44) -> PnPResult:
+    return PnPResult(cam2world_44, True, "", 100, 100, 1.0, 0.0)
+
+
+def test_refinement_matches_the_views_nearest_a_prior_pose_and_replaces_it():
+    tex = texture()
+    # two views above the query's side of the plane, and two looking at it from far off (never useful)
+    eyes = ([0.3, 0.2, 1.6], [-0.3, 0.1, 1.7], [1.8, -1.5, 0.4], [-1.8, 1.6, 0.5])
+    views = [render(camera(eye), tex) for eye in eyes]
+    loads: list[int] = []
+
+    def load(j: int) -> dict:
+        loads.append(j)
+        return views[j]
+
+    poses_M44 = np.stack([camera(eye) for eye in eyes] + [np.full((4, 4), np.nan)])  # the last: unposed
+    db = ViewDatabase(poses_M44, lambda j: load(j) if j < 4 else pytest.fail("an unposed view was read"))
+    true_44 = camera([0.05, 0.35, 1.4])
+    query = render(true_44, tex)
+    prior_44 = true_44.copy()
+    prior_44[:3, :3] = prior_44[:3, :3] @ cv2.Rodrigues(np.radians([3.0, -4.0, 2.0]))[0]
+    prior_44[:3, 3] += [0.12, -0.08, 0.10]  # 18 cm and about 5 deg off
+    assert pose_errors(prior_44, true_44)[0] > 15
+    ref = refine_by_matching(query["image"], K_33, _prior(prior_44), db, reprojection_px=2.0, views=2)
+    assert ref.adopted and ref.result.ok and ref.inliers >= 30 and ref.matches >= ref.inliers
+    t_cm, r_deg = pose_errors(ref.result.cam2world_44, true_44)
+    assert t_cm < 1.0 and r_deg < 0.5
+    assert sorted(set(loads)) == [0, 1] and len(loads) == 2  # the two nearest views, each read once
+    # too few inliers for the threshold, no prior pose, an unrelated image: the prior is kept as it was
+    strict = refine_by_matching(query["image"], K_33, _prior(prior_44), db, 2.0, views=2, min_inliers=10**6)
+    assert not strict.adopted and strict.result.cam2world_44 is prior_44 and strict.inliers > 0
+    failed = PnPResult(None, False, "RANSAC failed", 0, 0, 0.0, 0.0)
+    assert refine_by_matching(query["image"], K_33, failed, db, 2.0).result is failed
+    other = render(true_44, texture(seed=1))  # (a rotated copy of the texture would match, rotated)
+    kept = refine_by_matching(other["image"], K_33, _prior(prior_44), db, 2.0, views=2)
+    assert not kept.adopted and kept.result.cam2world_44 is prior_44
+
+
+def test_view_database_needs_a_posed_view():
+    with pytest.raises(ValueError, match="none of them has one"):
+        ViewDatabase(np.full((3, 4, 4), np.nan), lambda j: {})
 
 
 def test_localize_points_reports_bad_correspondences():
