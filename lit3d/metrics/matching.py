@@ -16,10 +16,9 @@ camera-to-world 4x4 in one frame and unit.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Callable
-
-import time
 
 import cv2
 import numpy as np
