@@ -165,8 +165,10 @@ def localize_frames(run: Run, frames: runs.Frames, reprojection_px: float | None
         refined, _ = runs.refine_frames(frames, poses["student_pnp"], runs.training_views(run.cache), S_44, px,
                                         matching_views)
         out += [{"frame": name, "points": "refined", "ok": r["refined_loc_ok"], "t_cm": r["refined_t_cm"],
-                 "r_deg": r["refined_r_deg"], "inlier_ratio": r["refined_inliers"] / max(r["refined_matches"], 1),
-                 "reason": "matched" if r["refined_adopted"] else "student"} for name, r in zip(frames.names, refined)]
+                 "r_deg": r["refined_r_deg"], "reason": "matched" if r["refined_adopted"] else "student",
+                 "inlier_ratio": (r["refined_inliers"] / r["refined_matches"] if r["refined_adopted"]
+                                  else s["student_inlier_ratio"])}  # of the pose kept
+                for name, r, s in zip(frames.names, refined, rows)]
     return pd.DataFrame(out)
 
 
