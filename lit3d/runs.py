@@ -576,8 +576,7 @@ def localize_frames(fr: Frames, S_44: np.ndarray | None, reprojection_px: float,
         if name not in who:
             continue
         if all(t is not None for t in poses["true"]):
-            s = summarize(np.array([r[f"{name}_t_cm"] for r in rows]), np.array([r[f"{name}_r_deg"] for r in rows]))
-            metrics.update({prefix + k.split("/", 1)[1]: v for k, v in s.items()})
+            metrics.update(_prefixed(rows, name, prefix))
         metrics[f"{prefix}inlier_ratio"] = float(np.mean([r[f"{name}_inlier_ratio"] for r in rows]))
         metrics[f"{prefix}time_ms_per_frame"] = float(np.mean([r[f"{name}_loc_ms"] for r in rows]))
     return rows, metrics, poses

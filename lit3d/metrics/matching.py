@@ -92,16 +92,6 @@ def match_correspondences(query: Keypoints, views: list[dict[str, np.ndarray]], 
     return np.concatenate(uv), np.concatenate(pts)
 
 
-def localize_by_matching(image_HW3: np.ndarray, K_33: np.ndarray, views: list[dict[str, np.ndarray]],
-                         reprojection_px: float, max_features: int = 2000, ratio: float = 0.8,
-                         features: list[Keypoints] | None = None) -> tuple[PnPResult, int]:
-    """Camera-to-world pose (labels' frame) of a query image from its SIFT matches against labelled ``views``
-    (:func:`match_correspondences`), and the number of matches offered to RANSAC."""
-    uv_N2, pts_N3 = match_correspondences(sift_keypoints(image_HW3, max_features), views, ratio, features,
-                                          max_features)
-    return localize_points(pts_N3, uv_N2, K_33, reprojection_px=reprojection_px), len(uv_N2)
-
-
 MIN_INLIERS = 30
 """Matched inliers a pose needs to replace a student's (COLMAP's default for absolute poses,
 ``abs_pose_min_num_inliers``): fewer can be a chance consensus of wrong matches."""
