@@ -148,8 +148,9 @@ def localize_frames(run: Run, frames: runs.Frames, reprojection_px: float | None
     """Camera poses by PnP-RANSAC from the student's and the teacher's points with ``evaluate``'s settings, and
     their errors (cm, degrees) after mapping the labels' frame onto the dataset's (:meth:`Run.to_gt`); with
     ``matching``, also the student's poses refined by SIFT matches against the ``matching_views`` training frames
-    nearest them (rows ``refined``, reason ``matched`` or ``student``: which pose was kept;
-    :func:`lit3d.runs.refine_frames`, as ``evaluate matching_refine=true``).
+    nearest them, or those sharing the most matches where the nearest give no pose (rows ``refined``, reason
+    ``matched``, ``retrieved`` or ``student``: which pose was kept; :func:`lit3d.runs.refine_frames`, as
+    ``evaluate matching_refine=true``).
 
     The inlier threshold defaults to :func:`lit3d.runs.default_reprojection_px` of the frames' width.
     """
@@ -165,7 +166,8 @@ def localize_frames(run: Run, frames: runs.Frames, reprojection_px: float | None
         refined, _ = runs.refine_frames(frames, poses["student_pnp"], runs.training_views(run.cache), S_44, px,
                                         matching_views)
         out += [{"frame": name, "points": "refined", "ok": r["refined_loc_ok"], "t_cm": r["refined_t_cm"],
-                 "r_deg": r["refined_r_deg"], "reason": "matched" if r["refined_adopted"] else "student",
+                 "r_deg": r["refined_r_deg"],
+                 "reason": "retrieved" if r["refined_retrieved"] else "matched" if r["refined_adopted"] else "student",
                  "inlier_ratio": (r["refined_inliers"] / r["refined_matches"] if r["refined_adopted"]
                                   else s["student_inlier_ratio"])}  # of the pose kept
                 for name, r, s in zip(frames.names, refined, rows)]

@@ -33,6 +33,7 @@ from lit3d.cache import LabelCache, build_labels
 from lit3d.geometry import transform_points
 from lit3d.metrics.coverage import generalisation, summarize_generalisation
 from lit3d.metrics.localization import choose_setting, tuning_grid
+from lit3d.metrics.matching import VIEWS_FILE
 from lit3d.runs import (Frames, checkpoint_path, default_reprojection_px, labels_to_gt, load_frames, localize_frames,
                         match_frames, merge_metrics, nearest_rigid, point_errors, pose_to_gt, refine_frames,
                         resolve_device, run_config, training_views, with_ensemble, write_csv)
@@ -79,6 +80,9 @@ class EvalOptions(TestTimeOptions):
     least 30 matches agree on it (refined_* columns, loc_refined/* metrics)."""
     matching_views: int = 10
     """Training frames each frame is matched against (with matching=true or matching_refine=true)."""
+    matching_retrieval: bool = True
+    """With matching_refine=true: where the views nearest the student's pose give no pose that 30 matches
+    support, match against the matching_views training frames sharing the most matches with the frame."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -138,7 +142,8 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
     refined_rows: list[dict] = [{} for _ in names]
     if opt.matching_refine:
         refined_rows, refined_metrics = refine_frames(fr, poses["student_pnp"], training_views(cache), S_44,
-                                                      loc["reprojection_px"], opt.matching_views)
+                                                      loc["reprojection_px"], opt.matching_views,
+                                                      retrieval=opt.matching_retrieval)
         metrics.update(refined_metrics)
     metrics.update({
         "eval/checkpoint": str(ckpt), "eval/split": opt.split, "eval/n_frames": float(len(names)),
@@ -155,7 +160,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
     _figures(run_dir, fr, S_44, loc_rows, poses, opt.figure_frames)
     _generalisation_map(run_dir, train_cam2world, loc_rows, gen_rows, poses)
     if opt.exports:
-        metrics.update(_exports(run_dir, module, opt.split, fr, info, opt.export_atol))
+        metrics.update(_exports(run_dir, module, opt.split, fr, info, opt.export_atol, cache))
     merge_metrics(run_dir, metrics, EVAL_PREFIXES + (("export/",) if opt.exports else ()))
     nan = float("nan")
     log.info("%s: student %.1f %% at 5 cm / 5 deg (teacher labels %.1f %%), median %.2f cm / %.2f deg", run_dir,
@@ -294,14 +299,22 @@ def _generalisation_map(run_dir: Path, train_cam2world: list[np.ndarray], loc_ro
 
 
 def _exports(run_dir: Path, module: StudentModule, split: str, fr: Frames, labels_info: dict,
-             atol: float) -> dict[str, float | str]:
-    """PLY clouds of the split (labels' frame) and the student as ONNX / TorchScript; failures are recorded."""
+             atol: float, cache: LabelCache) -> dict[str, float | str]:
+    """PLY clouds of the split (labels' frame), the student as ONNX / TorchScript, and the training views' keypoints
+    that refine its poses by matching (``training_views.npz``, for localize matching=true); failures are recorded."""
     from lit3d.export import export_student, write_ply
 
     out_dir = run_dir / "exports"
     write_ply(out_dir / f"teacher_{split}.ply", fr.teacher_NHW3[fr.valid_NHW], fr.images_NHW3[fr.valid_NHW])
     write_ply(out_dir / f"student_{split}.ply", fr.student_NHW3, fr.images_NHW3)
-    return export_student(module, out_dir, fr.images_NHW3[:2], labels_info, fr.K_N33[0], atol)
+    metrics = export_student(module, out_dir, fr.images_NHW3[:2], labels_info, fr.K_N33[0], atol)
+    try:
+        path = training_views(cache).save(out_dir / VIEWS_FILE)
+        metrics.update({"export/views_path": str(path), "export/views_size_mb": path.stat().st_size / 2**20})
+    except Exception as e:  # noqa: BLE001  (recorded like a failed student export: the evaluation stays)
+        log.warning("training views export failed: %s", e)
+        metrics["export/views_error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return metrics
 
 
 # --- command line -----------------------------------------------------------------------------------------------

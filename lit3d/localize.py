@@ -4,9 +4,12 @@ QUERY: image files (jpg, jpeg, png), folders of them, or text files listing imag
 the list). Each photo is read with its EXIF orientation, resized to the student's input with its intrinsics
 scaled, predicted in batches (averaged over rolled and zoomed copies of each photo, ``tta``, as ``lit3d
 evaluate`` does), and localized by PnP + RANSAC with ``lit3d evaluate``'s settings (inlier threshold 10 px at 640
-px width scaled to the student's, 1000 iterations, LM refinement). With ``matching=true`` (run directories) each
-pose is then refined by SIFT matches against the run's training frames nearest it, lifted by their labels
-(:func:`lit3d.metrics.matching.refine_by_matching`; kept where at least 30 matches agree). Intrinsics, at the
+px width scaled to the student's, 1000 iterations, LM refinement). With ``matching=true`` each pose is then
+refined by SIFT matches against the training frames nearest it, lifted by their labels, or where those give no
+pose, against the training frames sharing the most matches with the photo
+(:func:`lit3d.metrics.matching.refine_by_matching`; kept where at least 30 matches agree). A run directory's
+training frames come from its label cache; an exported student's from ``training_views.npz`` beside it (``lit3d
+evaluate`` writes both into ``RUN_DIR/exports/``). Intrinsics, at the
 photo's own size: ``intrinsics=K.txt`` (one 3x3 matrix for every photo), a per-image list (``NAME fx fy cx cy``
 a line), a COLMAP ``cameras.txt`` (one camera, or several with ``images.txt`` beside it), or ``hfov_deg=``.
 
@@ -39,7 +42,7 @@ from lit3d.cameras import (CameraFileError, check_intrinsics, hloc_line, read_co
 from lit3d.data.io import image_size, read_rgb, resize_rgb
 from lit3d.geometry import invert_pose, project, scale_intrinsics, transform_points
 from lit3d.metrics.localization import localize as pnp_ransac
-from lit3d.metrics.matching import ViewDatabase, refine_by_matching
+from lit3d.metrics.matching import VIEWS_FILE, ViewDatabase, refine_by_matching
 from lit3d.runs import (checkpoint_path, default_reprojection_px, predict, read_metrics, resolve_device, run_config,
                         run_label_cache, training_views, with_ensemble)
 from lit3d.students.tta import TestTimeOptions
@@ -74,12 +77,15 @@ class LocalizeOptions(TestTimeOptions):
     """Also write each query's coloured point cloud (ply/NAME.ply, scene frame and unit)."""
     matching: bool = False
     """Refine each pose by SIFT matches against the matching_views training frames nearest it, lifted by their
-    labels (run directories: their label cache holds those frames); the matched pose is kept where at least 30
-    matches agree on it."""
+    labels (a run directory's label cache, or training_views.npz beside an exported student); the matched pose is
+    kept where at least 30 matches agree on it."""
     matching_views: int = 10
     """Training frames each query is matched against (with matching=true)."""
+    matching_retrieval: bool = True
+    """With matching=true: where the frames nearest the student's pose give no pose, match against the
+    matching_views training frames sharing the most matches with the photo."""
     cache_dir: str = ""
-    """With matching=true: where the run's label cache is when it has moved since training."""
+    """With matching=true and a run directory: where its label cache is when it has moved since training."""
     device: str = "auto"
     """PyTorch device: auto, cpu, cuda (ONNX Runtime runs on the CPU)."""
 
@@ -104,7 +110,7 @@ class PoseResult:
     image_size: tuple[int, int]
     """(height, width) of the photo."""
     seconds: float
-    """Student forward (its share of the batch) + PnP."""
+    """Student forward (its share of the batch) + PnP (+ the matching, with ``matching``)."""
     points_HW3: np.ndarray | None = None
     """The student's world points at its input size (with ``keep_points``)."""
     image_HW3: np.ndarray | None = None
@@ -295,14 +301,16 @@ def localize(run_or_model, images: Sequence[str | Path | np.ndarray] | str | Pat
              checkpoint: str = "best", batch_size: int = 0, reprojection_px: float = 0.0, iterations: int = 1000,
              refine: bool = True, device: str = "auto", keep_points: bool = False, progress: bool = False,
              names: Sequence[str] | None = None, tta: TestTimeOptions | None = None,
-             matching: ViewDatabase | None = None, matching_views: int = 10) -> list[PoseResult]:
+             matching: ViewDatabase | None = None, matching_views: int = 10,
+             matching_retrieval: bool = True) -> list[PoseResult]:
     """Camera-to-world poses of ``images`` (paths, or uint8 RGB arrays as they are after EXIF orientation) from a
     run directory, an exported student (.onnx / .ts) or a :class:`PointmapModel` (test-time augmentation:
     ``tta``, default ``TestTimeOptions()``, on; a PointmapModel keeps what :func:`load_model` gave it).
 
     ``K``: intrinsics at each image's own size (see :func:`query_intrinsics`). ``matching``: training views (the
-    labels' frame, :func:`lit3d.runs.training_views`) whose SIFT matches refine each pose (``matching_views``
-    nearest it, :func:`lit3d.metrics.matching.refine_by_matching`). A query without a pose is reported by its
+    labels' frame, :func:`lit3d.runs.training_views` or :meth:`ViewDatabase.open`) whose SIFT matches refine each
+    pose (``matching_views`` nearest it, or with ``matching_retrieval`` those sharing the most matches where the
+    nearest give no pose: :func:`lit3d.metrics.matching.refine_by_matching`). A query without a pose is reported by its
     ``status``; unreadable images and missing or singular intrinsics raise (one-line) errors before any
     work starts.
     """
@@ -340,14 +348,15 @@ def localize(run_or_model, images: Sequence[str | Path | np.ndarray] | str | Pat
             # float32 as the label cache stores K: a photo at the labels' size then gets evaluate's pose exactly
             K_grid = scale_intrinsics(K_list[k], w / W0, h / H0).astype(np.float32).astype(np.float64)
             res = pnp_ransac(pts_NHW3[j], None, K_grid, reprojection_px=px, iterations=iterations, refine=refine)
-            matched = False
+            matched, seconds = False, res.seconds
             if matching is not None:
-                ref = refine_by_matching(x_NHW3[j], K_grid, res, matching, px, matching_views)
-                res, matched = ref.result, ref.adopted
+                ref = refine_by_matching(x_NHW3[j], K_grid, res, matching, px, matching_views,
+                                         retrieval=matching_retrieval)
+                res, matched, seconds = ref.result, ref.adopted, ref.seconds
             err = _reprojection_error(pts_NHW3[j], K_grid, res.cam2world_44, px) * (W0 / w + H0 / h) / 2
             results.append(PoseResult(
                 names[k], "ok" if res.ok else res.reason, res.cam2world_44, res.n_points, res.n_inliers,
-                res.inlier_ratio, err, K_list[k], (H0, W0), share + res.seconds,
+                res.inlier_ratio, err, K_list[k], (H0, W0), share + seconds,
                 pts_NHW3[j] if keep_points else None, x_NHW3[j] if keep_points else None, matched))
     n_ok = sum(r.ok for r in results)
     log.info("%d of %d images localized%s", n_ok, len(results),
@@ -425,21 +434,18 @@ def main(argv: list[str] | None = None) -> int:
         paths = expand_queries(queries)
         if opt.matching_views < 1:
             raise ValueError(f"localize: matching_views must be at least 1, got {opt.matching_views}")
-        if opt.matching and not Path(source).is_dir():
-            raise ValueError(f"matching=true needs a run directory (its label cache holds the training frames), "
-                             f"not {source}")
-        db = training_views(run_label_cache(source, opt.cache_dir)) if opt.matching else None
+        db = matching_views_of(source, opt.cache_dir) if opt.matching else None
         model = load_model(source, opt.checkpoint, opt.device, tta=opt)
         results = localize(model, paths, opt.intrinsics or None, opt.hfov_deg, batch_size=opt.batch_size,
                            reprojection_px=opt.reprojection_px, iterations=opt.iterations, refine=opt.refine,
                            keep_points=opt.ply, progress=True, names=_unique_names(paths), matching=db,
-                           matching_views=opt.matching_views)
+                           matching_views=opt.matching_views, matching_retrieval=opt.matching_retrieval)
         src = Path(source)
         out = Path(opt.out) if opt.out else (src / "localize" if src.is_dir() else src.parent / "localize")
         settings = {"reprojection_px": opt.reprojection_px or default_reprojection_px(model.input_hw[1]),
                     "iterations": opt.iterations, "refine": opt.refine, "intrinsics": opt.intrinsics,
                     "hfov_deg": opt.hfov_deg, "tta_views": opt.views(), "matching": opt.matching,
-                    "matching_views": opt.matching_views,
+                    "matching_views": opt.matching_views, "matching_retrieval": opt.matching_retrieval,
                     **opt.record()}
         files = write_results(out, results, model, settings, opt.ply)
         lat = latency_summary(results)
@@ -452,6 +458,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return command("lit3d.localize", body, argv)
+
+
+def matching_views_of(source: str | Path, cache_dir: str = "") -> ViewDatabase:
+    """The training views that refine a student's poses: a run directory's label cache (``cache_dir`` where it has
+    moved), or ``training_views.npz`` beside an exported student."""
+    source = Path(source)
+    if source.is_dir():
+        return training_views(run_label_cache(source, cache_dir))
+    views = source.parent / VIEWS_FILE
+    if not views.is_file():
+        raise FileNotFoundError(f"matching=true with the exported student {source} needs {views} (lit3d evaluate "
+                                f"RUN_DIR writes it into RUN_DIR/exports/), or pass the run directory")
+    return ViewDatabase.open(views)
 
 
 def _unique_names(paths: list[Path]) -> list[str]:

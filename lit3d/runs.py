@@ -602,7 +602,8 @@ def match_frames(cache: LabelCache, names: list[str], S_44: np.ndarray, views: i
         true_44 = nearest_rigid(frame["cam2world"].astype(np.float64))
         if not np.all(np.isfinite(true_44)):
             raise ValueError(f"frame {name} of {cache.root} has no true pose: the yardstick needs one to pick views")
-        uv_N2, pts_N3 = db.correspondences(sift_keypoints(frame["image"], max_features), true_44, views, ratio)
+        uv_N2, pts_N3 = db.correspondences(sift_keypoints(frame["image"], max_features), db.nearest(true_44, views),
+                                           ratio)
         px = reprojection_px or default_reprojection_px(frame["image"].shape[1])
         res = localize_points(pts_N3, uv_N2, frame["K"], reprojection_px=px)
         t_cm, r_deg = pose_errors(pose_to_gt(S_44, res.cam2world_44), true_44)
@@ -639,30 +640,35 @@ def training_views(cache: LabelCache, max_features: int = 2000) -> ViewDatabase:
 
 
 def refine_frames(fr: Frames, student_pnp: list[PnPResult], db: ViewDatabase, S_44: np.ndarray | None,
-                  reprojection_px: float, views: int = 10, min_inliers: int = MIN_INLIERS
+                  reprojection_px: float, views: int = 10, min_inliers: int = MIN_INLIERS, retrieval: bool = True
                   ) -> tuple[list[dict], dict[str, float]]:
     """The student's poses refined by matching (:func:`lit3d.metrics.matching.refine_by_matching`): each frame's
     image matched against the ``views`` training views nearest the student's pose ``student_pnp`` (labels'
-    frame), the matched pose kept where ``min_inliers`` support it. No true pose is used to pick views.
+    frame), or with ``retrieval`` where those give none, against the views sharing the most matches with it;
+    the matched pose kept where ``min_inliers`` support it. No true pose is used to pick views.
 
     Returns per-frame rows (``refined_loc_ok``, ``refined_t_cm``, ``refined_r_deg``, ``refined_adopted``,
-    ``refined_matches``, ``refined_inliers``, ``refined_loc_ms``) and ``loc_refined/*`` metrics (accuracies
-    when every frame has a true pose, the fraction of frames whose pose matching gave, the time per frame).
+    ``refined_retrieved``, ``refined_matches``, ``refined_inliers``, ``refined_loc_ms``: the student's PnP
+    and the matching) and ``loc_refined/*`` metrics (accuracies when every frame has a true pose, the fractions
+    of frames whose pose matching gave and retrieved views gave, the time per frame).
     """
     rows = []
     for i, prior in enumerate(student_pnp):
         ref = refine_by_matching(fr.images_NHW3[i], fr.K_N33[i], prior, db, reprojection_px, views,
-                                 min_inliers=min_inliers)
+                                 min_inliers=min_inliers, retrieval=retrieval)
         true_44 = fr.cam2world_N44[i]
         has_pose = S_44 is not None and bool(np.all(np.isfinite(true_44)))
         t_cm, r_deg = (pose_errors(pose_to_gt(S_44, ref.result.cam2world_44), true_44) if has_pose
                        else (float("nan"), float("nan")))
         rows.append({"refined_loc_ok": ref.result.ok, "refined_t_cm": t_cm, "refined_r_deg": r_deg,
-                     "refined_adopted": ref.adopted, "refined_matches": ref.matches, "refined_inliers": ref.inliers,
-                     "refined_loc_ms": 1000 * ref.result.seconds})
+                     "refined_adopted": ref.adopted, "refined_retrieved": ref.adopted and ref.retrieved,
+                     "refined_matches": ref.matches, "refined_inliers": ref.inliers,
+                     "refined_loc_ms": 1000 * ref.seconds})
     metrics = _prefixed(rows, "refined", "loc_refined/") if S_44 is not None and all(
         np.all(np.isfinite(T)) for T in fr.cam2world_N44) else {}
-    metrics["loc_refined/adopted_rate"] = float(np.mean([r["refined_adopted"] for r in rows])) if rows else float("nan")
+    for key in ("adopted", "retrieved"):
+        metrics[f"loc_refined/{key}_rate"] = (float(np.mean([r[f"refined_{key}"] for r in rows])) if rows
+                                              else float("nan"))
     metrics["loc_refined/time_ms_per_frame"] = (float(np.mean([r["refined_loc_ms"] for r in rows])) if rows
                                                 else float("nan"))
     return rows, metrics

@@ -21,6 +21,7 @@ from lit3d.fit import fit
 from lit3d.geometry import look_at, quaternion_to_rotation, transform_points
 from lit3d.localize import load_model
 from lit3d.metrics.localization import choose_setting, localize, pose_errors, tuning_grid
+from lit3d.metrics.matching import ViewDatabase
 from lit3d.students.tta import TestTimeOptions
 from testkit import one_line_error
 
@@ -178,6 +179,11 @@ def test_evaluate_a_tiny_run(tiny_cfg, caplog, monkeypatch):
     for fmt in ("onnx", "torchscript"):
         assert metrics[f"export/{fmt}_max_abs_diff"] <= metrics[f"export/{fmt}_atol"]
         assert 0 < metrics[f"export/{fmt}_size_mb"] < 5
+    # the training views' keypoints beside the student, for localize matching=true without the label cache
+    views = ViewDatabase.open(metrics["export/views_path"])
+    assert Path(metrics["export/views_path"]) == run / "exports" / "training_views.npz"
+    train = build_labels(run_config(run))[0].split["train"]
+    assert len(views.posed_P) == len(train) and metrics["export/views_size_mb"] > 0
     pts_N3, rgb_N3 = read_ply(run / "exports" / "teacher_test.ply")
     assert len(pts_N3) == len(rgb_N3) == len(names) * 24 * 32  # every synthetic pixel has depth
     assert len(read_ply(run / "exports" / "student_test.ply")[0]) == len(names) * 24 * 32
@@ -217,10 +223,13 @@ def test_evaluate_a_tiny_run(tiny_cfg, caplog, monkeypatch):
     # matching_refine=true: the student's pose kept, or replaced by a matched one that 30 inliers support
     refined = evaluate_run(run, options=EvalOptions(tta=False, exports=False, figure_frames=1, matching_refine=True,
                                                     matching_views=3))
-    assert all(f"loc_refined/{k}" in refined for k in ("acc_5cm5deg", "n_frames", "adopted_rate", "time_ms_per_frame"))
+    assert all(f"loc_refined/{k}" in refined for k in ("acc_5cm5deg", "n_frames", "adopted_rate", "retrieved_rate",
+                                                       "time_ms_per_frame"))
     with open(run / "eval_frames.csv", newline="") as f:
         refined_rows = list(csv.DictReader(f))
     assert refined["loc_refined/adopted_rate"] == np.mean([r["refined_adopted"] == "True" for r in refined_rows])
+    assert refined["loc_refined/retrieved_rate"] == np.mean([r["refined_retrieved"] == "True" for r in refined_rows])
+    assert all(r["refined_adopted"] == "True" for r in refined_rows if r["refined_retrieved"] == "True")
     for r in refined_rows:
         if r["refined_adopted"] == "True":
             assert int(r["refined_inliers"]) >= 30 and int(r["refined_matches"]) >= int(r["refined_inliers"])

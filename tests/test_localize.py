@@ -275,7 +275,7 @@ def test_localize_the_kitchen_sample_like_evaluate(tmp_path, caplog):
     assert (run / "localize" / "poses_hloc.txt").is_file() and len(list((run / "localize" / "ply").glob("*.ply"))) == 12
 
     # matching=true refines each pose against the run's training frames: the poses evaluate's matching_refine gives
-    evaluate_run(run, options=EvalOptions(exports=False, figure_frames=1, matching_refine=True, matching_views=4))
+    evaluate_run(run, options=EvalOptions(figure_frames=1, matching_refine=True, matching_views=4))
     assert main([str(run), str(tmp_path / "queries.txt"), f"intrinsics={SAMPLE / 'camera-intrinsics.txt'}",
                  "matching=true", "matching_views=4", f"out={tmp_path / 'matched'}"]) == 0
     matched = json.loads((tmp_path / "matched" / "poses.json").read_text())
@@ -288,6 +288,23 @@ def test_localize_the_kitchen_sample_like_evaluate(tmp_path, caplog):
             assert q["cam2world"] == plain["cam2world"]
         t_cm, r_deg = pose_errors(np.array(q["cam2world"]), true_44)
         assert (float(r["refined_t_cm"]), float(r["refined_r_deg"])) == pytest.approx((t_cm, r_deg), abs=1e-9)
+    # the training views that evaluate exported (training_views.npz) refine exactly as the label cache does
+    from lit3d.localize import localize
+    from lit3d.metrics.matching import ViewDatabase
+
+    views = ViewDatabase.open(run / "exports" / "training_views.npz")
+    via_file = localize(run, [SAMPLE / f"{n}.color.jpg" for n in names], SAMPLE / "camera-intrinsics.txt",
+                        matching=views, matching_views=4)
+    for got, q in zip(via_file, matched["queries"]):
+        assert got.matched == q["matched"] and np.array_equal(got.cam2world_44, np.array(q["cam2world"]))
+    # and the exported student finds them beside itself (no label cache): matched poses that 30 inliers support
+    assert main([str(run / "exports" / "student.onnx"), str(tmp_path / "queries.txt"),
+                 f"intrinsics={SAMPLE / 'camera-intrinsics.txt'}", "matching=true", "matching_views=4",
+                 f"out={tmp_path / 'exported'}"]) == 0
+    exported = json.loads((tmp_path / "exported" / "poses.json").read_text())
+    assert exported["settings"]["matching"] is True and exported["settings"]["matching_retrieval"] is True
+    assert any(q["matched"] for q in exported["queries"])
+    assert all(q["n_inliers"] >= 30 for q in exported["queries"] if q["matched"])
 
     (tmp_path / "singular.txt").write_text("525 0 319.5\n0 0 239.5\n0 0 1\n")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
@@ -298,7 +315,7 @@ def test_localize_the_kitchen_sample_like_evaluate(tmp_path, caplog):
                           ([str(run), str(photo), "hfov_deg=60", "batch_size=two"], "invalid value for 'batch_size'"),
                           ([str(run), str(photo), "hfov_deg=60", "matching_views=0"], "matching_views must be at least 1"),
                           ([str(tmp_path / "student.onnx"), str(photo), "hfov_deg=60", "matching=true"],
-                           "matching=true needs a run directory")]:
+                           "training_views.npz (lit3d evaluate RUN_DIR writes it")]:
         caplog.clear()
         with caplog.at_level(logging.ERROR):
             assert main(argv) == 2

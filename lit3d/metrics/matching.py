@@ -7,8 +7,10 @@ a frame: where this yardstick also misses, the frame's view of the scene disagre
 (depth not registered to colour, a viewpoint too far for local features), not only the student.
 
 :func:`refine_by_matching` uses the same matches at test time, where no true pose exists: the views are the
-training views nearest a STUDENT's pose estimate (:class:`ViewDatabase`), and the matched pose replaces the
-student's where enough matches agree on it.
+training views nearest a STUDENT's pose estimate (:class:`ViewDatabase`), or, where those give no pose, the views
+that share the most matches with the query; the matched pose replaces the student's where enough matches agree on
+it. A :class:`ViewDatabase` keeps only each view's keypoints and their world points, and :meth:`ViewDatabase.save`
+writes them to one file, so an exported student can be refined without the label cache.
 
 Images are uint8 RGB (H, W, 3); pixel centres at integer coordinates (OpenCV's keypoint convention); label maps
 (H, W, 3) are world points in the labels' frame and unit, of the same views at the same resolution; poses are
@@ -18,11 +20,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 import cv2
 import numpy as np
 
+from lit3d.files import atomic_save_npz
 from lit3d.metrics.localization import PnPResult, localize_points
 
 
@@ -76,17 +80,32 @@ def nearest_views(cam2world_44: np.ndarray, views_cam2world_M44: np.ndarray, k: 
     return np.argsort(rank_M, kind="stable")[:k]
 
 
-def match_correspondences(query: Keypoints, views: list[dict[str, np.ndarray]], ratio: float = 0.8,
-                          features: list[Keypoints] | None = None, max_features: int = 2000
+@dataclass
+class LabelledKeypoints:
+    """A training view's SIFT ``keypoints`` and the world points ``pts_N3`` its labels give them (labels' frame
+    and unit, :func:`lift`; NaN where the label is missing or invalid): all that matching needs of a view."""
+
+    keypoints: Keypoints
+    pts_N3: np.ndarray
+
+
+def labelled_keypoints(view: dict[str, np.ndarray], max_features: int = 2000) -> LabelledKeypoints:
+    """:class:`LabelledKeypoints` of a labelled view (``image``, ``pts_world``, ``valid`` at the label grid)."""
+    kp = sift_keypoints(view["image"], max_features)
+    pts_N3, ok_N = lift(kp.uv_N2, view["pts_world"], view["valid"])
+    pts_N3[~ok_N] = np.nan
+    return LabelledKeypoints(kp, pts_N3)
+
+
+def match_correspondences(query: Keypoints, views: list[LabelledKeypoints], ratio: float = 0.8
                           ) -> tuple[np.ndarray, np.ndarray]:
-    """2D-3D matches of a query image against labelled ``views`` (each with ``image``, ``pts_world``, ``valid``;
-    ``features``: their keypoints when already computed, else ``max_features`` of each): query pixels ``uv_N2``
-    and world points ``pts_N3``."""
+    """2D-3D matches of a query image against labelled ``views``: query pixels ``uv_N2`` and world points
+    ``pts_N3`` (matches to keypoints without a valid label dropped after the ratio test)."""
     uv, pts = [np.zeros((0, 2))], [np.zeros((0, 3))]
-    for j, view in enumerate(views):
-        kp = features[j] if features is not None else sift_keypoints(view["image"], max_features)
-        q, o = ratio_matches(query, kp, ratio)
-        p_N3, ok_N = lift(kp.uv_N2[o], view["pts_world"], view["valid"])
+    for view in views:
+        q, o = ratio_matches(query, view.keypoints, ratio)
+        p_N3 = view.pts_N3[o].astype(np.float64)
+        ok_N = np.all(np.isfinite(p_N3), axis=1)
         uv.append(query.uv_N2[q][ok_N])
         pts.append(p_N3[ok_N])
     return np.concatenate(uv), np.concatenate(pts)
@@ -96,78 +115,149 @@ MIN_INLIERS = 30
 """Matched inliers a pose needs to replace a student's (COLMAP's default for absolute poses,
 ``abs_pose_min_num_inliers``): fewer can be a chance consensus of wrong matches."""
 
+VIEWS_FILE = "training_views.npz"
+"""The name of :meth:`ViewDatabase.save`'s file beside an exported student (``lit3d evaluate`` writes it)."""
+VIEWS_FILE_VERSION = 1
+
 
 class ViewDatabase:
     """Labelled training views to match queries against: their camera-to-world poses ``cam2world_M44`` (the
     labels' frame and unit; non-finite = unposed, never picked) known up front, and ``load(j)`` giving view j's
-    ``image``, ``pts_world`` and ``valid`` at the label grid, read with its SIFT keypoints on first use and kept."""
+    ``image``, ``pts_world`` and ``valid`` at the label grid. Only each view's :class:`LabelledKeypoints` are
+    kept, computed on first use (:meth:`save` computes them all and writes them to one file, which
+    :meth:`open` reads back without the images or labels)."""
 
-    def __init__(self, cam2world_M44: np.ndarray, load: Callable[[int], dict[str, np.ndarray]],
+    def __init__(self, cam2world_M44: np.ndarray, load: Callable[[int], dict[str, np.ndarray]] | None,
                  max_features: int = 2000):
         self.cam2world_M44 = np.asarray(cam2world_M44, dtype=np.float64).reshape(-1, 4, 4)
         self.posed_P = np.flatnonzero(np.isfinite(self.cam2world_M44).all(axis=(1, 2)))
         if len(self.posed_P) == 0:
             raise ValueError("matching needs training views with poses; none of them has one")
         self._load, self.max_features = load, max_features
-        self._views: dict[int, tuple[dict[str, np.ndarray], Keypoints]] = {}
+        self._views: dict[int, LabelledKeypoints] = {}
 
     def nearest(self, cam2world_44: np.ndarray, k: int) -> list[int]:
         """Indices of the ``k`` posed views nearest to a camera (:func:`nearest_views`)."""
         return [int(self.posed_P[i]) for i in nearest_views(cam2world_44, self.cam2world_M44[self.posed_P], k)]
 
-    def view(self, j: int) -> tuple[dict[str, np.ndarray], Keypoints]:
+    def retrieve(self, query: Keypoints, k: int, ratio: float = 0.8) -> list[int]:
+        """Indices of the ``k`` posed views that share the most ratio-test matches with a query (at least one):
+        views picked by what the query shows, where no pose estimate points to them. Touches every view."""
+        counts_P = np.array([len(ratio_matches(query, self.view(int(j)).keypoints, ratio)[0]) for j in self.posed_P])
+        order = np.argsort(-counts_P, kind="stable")[:k]
+        return [int(self.posed_P[i]) for i in order if counts_P[i] > 0]
+
+    def view(self, j: int) -> LabelledKeypoints:
         if j not in self._views:
-            frame = self._load(j)
-            self._views[j] = frame, sift_keypoints(frame["image"], self.max_features)
+            if self._load is None:
+                raise KeyError(f"view {j} is not in this database")
+            self._views[j] = labelled_keypoints(self._load(j), self.max_features)
         return self._views[j]
 
-    def correspondences(self, query: Keypoints, cam2world_44: np.ndarray, k: int, ratio: float = 0.8
+    def correspondences(self, query: Keypoints, views: list[int], ratio: float = 0.8
                         ) -> tuple[np.ndarray, np.ndarray]:
-        """:func:`match_correspondences` of a query against the ``k`` views nearest ``cam2world_44``."""
-        chosen = [self.view(j) for j in self.nearest(cam2world_44, k)]
-        return match_correspondences(query, [v for v, _ in chosen], ratio, [kp for _, kp in chosen])
+        """:func:`match_correspondences` of a query against views ``views`` (indices, e.g. :meth:`nearest`)."""
+        return match_correspondences(query, [self.view(j) for j in views], ratio)
+
+    def save(self, path: str | Path) -> Path:
+        """Every posed view's keypoints, descriptors (uint8: OpenCV's SIFT values are whole numbers up to 255)
+        and lifted world points, with all poses, in one ``.npz`` written atomically."""
+        feats = [self.view(int(j)) for j in self.posed_P]
+        desc = np.concatenate([f.keypoints.desc_N128 for f in feats] + [np.zeros((0, 128), np.float32)])
+        if desc.size and (desc.min() < 0 or desc.max() > 255 or np.any(desc != np.round(desc))):
+            raise ValueError("SIFT descriptors are not whole numbers in 0..255; they cannot be stored as uint8")
+        atomic_save_npz(
+            path, version=np.array(VIEWS_FILE_VERSION), cam2world_M44=self.cam2world_M44,
+            posed_P=self.posed_P, counts_P=np.array([len(f.pts_N3) for f in feats], dtype=np.int64),
+            max_features=np.array(self.max_features), desc_N128=desc.astype(np.uint8),
+            uv_N2=np.concatenate([f.keypoints.uv_N2 for f in feats] + [np.zeros((0, 2))]).astype(np.float32),
+            pts_N3=np.concatenate([f.pts_N3 for f in feats] + [np.zeros((0, 3))]).astype(np.float32))
+        return Path(path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "ViewDatabase":
+        """A database written by :meth:`save`; a missing, corrupt or foreign file is a one-line error."""
+        try:
+            with np.load(path) as z:
+                if int(z["version"]) != VIEWS_FILE_VERSION:
+                    raise ValueError(f"format version {int(z['version'])}, not {VIEWS_FILE_VERSION}")
+                arrays = {k: z[k] for k in ("cam2world_M44", "posed_P", "counts_P", "max_features", "desc_N128",
+                                            "uv_N2", "pts_N3")}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"training views file {path} does not exist") from None
+        except Exception as e:  # a truncated zip, a missing key, a wrong version
+            raise ValueError(f"training views file {path} is corrupt or not a lit3d views file ({e})") from None
+        db = cls(arrays["cam2world_M44"], None, int(arrays["max_features"]))
+        ends_P = np.cumsum(arrays["counts_P"])
+        if not np.array_equal(arrays["posed_P"], db.posed_P) or (len(ends_P) and ends_P[-1] != len(arrays["pts_N3"])):
+            raise ValueError(f"training views file {path} is corrupt (its views and poses disagree)")
+        for j, end, n in zip(db.posed_P, ends_P, arrays["counts_P"]):
+            rows = slice(int(end - n), int(end))
+            kp = Keypoints(arrays["uv_N2"][rows].astype(np.float64), arrays["desc_N128"][rows].astype(np.float32))
+            db._views[int(j)] = LabelledKeypoints(kp, arrays["pts_N3"][rows].astype(np.float64))
+        return db
 
 
 @dataclass
 class Refinement:
     """Outcome of :func:`refine_by_matching`: the pose kept (``result``), whether matching gave it (``adopted``),
-    and the matches and inliers of the best matched pose (0 when none)."""
+    whether views retrieved by their matches (not picked by the prior) led to it (``retrieved``), the matches
+    and inliers of the best matched pose (0 when none), and the seconds the prior's PnP and the matching took
+    together (``seconds``; also where the prior is kept)."""
 
     result: PnPResult
     adopted: bool
     matches: int
     inliers: int
+    retrieved: bool
+    seconds: float
 
 
-def refine_by_matching(image_HW3: np.ndarray, K_33: np.ndarray, prior: PnPResult, db: ViewDatabase,
-                       reprojection_px: float, views: int = 10, rounds: int = 2, min_inliers: int = MIN_INLIERS,
-                       ratio: float = 0.8) -> Refinement:
-    """A query's pose from SIFT matches against the training views nearest a prior estimate (a student's PnP
-    pose, labels' frame): each round matches against the ``views`` views nearest the latest pose and solves
-    PnP-RANSAC; the matched pose with the most inliers, if it has ``min_inliers``, replaces ``prior``.
-
-    A second round re-picks the views around the first matched pose, so a prior some decimetres off still ends
-    on the views a true pose would pick. Without a prior pose, or without a matched pose that enough matches
-    support, ``prior`` is kept: matching never loses a frame the prior localized.
-    """
-    if not prior.ok:
-        return Refinement(prior, False, 0, 0)
-    t0 = time.perf_counter()
-    query = sift_keypoints(image_HW3, db.max_features)
+def _match_rounds(query: Keypoints, K_33: np.ndarray, db: ViewDatabase, first: list[int], reprojection_px: float,
+                  views: int, rounds: int, ratio: float) -> tuple[PnPResult, int] | None:
+    """The matched pose with the most inliers (and its match count) over ``rounds`` rounds: the first against
+    views ``first``, each later one against the ``views`` views nearest the previous round's pose."""
     best: tuple[PnPResult, int] | None = None
-    pose_44 = prior.cam2world_44
-    for _ in range(rounds):
-        uv_N2, pts_N3 = db.correspondences(query, pose_44, views, ratio)
+    for r in range(rounds):
+        uv_N2, pts_N3 = db.correspondences(query, first if r == 0 else db.nearest(pose_44, views), ratio)
         res = localize_points(pts_N3, uv_N2, K_33, reprojection_px=reprojection_px)
         if not res.ok:
             break
         if best is None or res.n_inliers > best[0].n_inliers:
             best = res, len(uv_N2)
         pose_44 = res.cam2world_44
-    if best is None:
-        return Refinement(prior, False, 0, 0)
-    res, n_matches = best
+    return best
+
+
+def refine_by_matching(image_HW3: np.ndarray, K_33: np.ndarray, prior: PnPResult, db: ViewDatabase,
+                       reprojection_px: float, views: int = 10, rounds: int = 2, min_inliers: int = MIN_INLIERS,
+                       ratio: float = 0.8, retrieval: bool = True) -> Refinement:
+    """A query's pose from SIFT matches against the training views nearest a prior estimate (a student's PnP
+    pose, labels' frame): each round matches against the ``views`` views nearest the latest pose and solves
+    PnP-RANSAC; the matched pose with the most inliers, if it has ``min_inliers``, replaces ``prior``.
+
+    A second round re-picks the views around the first matched pose, so a prior some decimetres off still ends
+    on the views a true pose would pick. Where that gives no pose with ``min_inliers`` (a prior too far off to
+    pick views that share the query's content, or no prior pose at all) and ``retrieval`` is on, the rounds start
+    again from the ``views`` views with the most matches among all (:meth:`ViewDatabase.retrieve`). Without a
+    matched pose that enough matches support, ``prior`` is kept: matching never loses a frame the prior
+    localized.
+    """
+    t0 = time.perf_counter()
+    query = sift_keypoints(image_HW3, db.max_features)
+    tries: list[tuple[PnPResult, int, bool]] = []
+    if prior.ok:
+        near = _match_rounds(query, K_33, db, db.nearest(prior.cam2world_44, views), reprojection_px, views, rounds,
+                             ratio)
+        tries += [(*near, False)] if near is not None else []
+    if retrieval and not any(res.n_inliers >= min_inliers for res, _, _ in tries):
+        found = db.retrieve(query, views, ratio)
+        far = _match_rounds(query, K_33, db, found, reprojection_px, views, rounds, ratio) if found else None
+        tries += [(*far, True)] if far is not None else []
+    seconds = prior.seconds + time.perf_counter() - t0
+    if not tries:
+        return Refinement(prior, False, 0, 0, False, seconds)
+    res, n_matches, retrieved = max(tries, key=lambda t: t[0].n_inliers)
     if res.n_inliers < min_inliers:
-        return Refinement(prior, False, n_matches, res.n_inliers)
-    return Refinement(replace(res, seconds=prior.seconds + time.perf_counter() - t0), True, n_matches,
-                      res.n_inliers)
+        return Refinement(prior, False, n_matches, res.n_inliers, retrieved, seconds)
+    return Refinement(replace(res, seconds=seconds), True, n_matches, res.n_inliers, retrieved, seconds)

@@ -9,8 +9,8 @@ import pytest
 
 from lit3d.geometry import invert_pose, look_at
 from lit3d.metrics.localization import PnPResult, localize_points, pose_errors
-from lit3d.metrics.matching import (Keypoints, ViewDatabase, lift, match_correspondences, nearest_views,
-                                    ratio_matches, refine_by_matching, sift_keypoints)
+from lit3d.metrics.matching import (Keypoints, ViewDatabase, labelled_keypoints, lift, match_correspondences,
+                                    nearest_views, ratio_matches, refine_by_matching, sift_keypoints)
 
 H, W = 120, 160
 K_33 = np.array([[140.0, 0.0, 79.5], [0.0, 140.0, 59.5], [0.0, 0.0, 1.0]])
@@ -104,6 +104,7 @@ def test_matching_recovers_the_pose_of_a_rendered_view():
     training = [render(camera(eye), tex) for eye in ([0.3, 0.2, 1.6], [-0.3, 0.1, 1.7])]
     true_44 = camera([0.05, 0.35, 1.4])  # between and below the training cameras, nearer the plane
     query = render(true_44, tex)
+    training = [labelled_keypoints(view) for view in training]
     uv_N2, pts_N3 = match_correspondences(sift_keypoints(query["image"]), training)
     assert len(uv_N2) > 50
     # independent check of the matches: most world points project onto their query pixel
@@ -154,10 +155,63 @@ def test_refinement_matches_the_views_nearest_a_prior_pose_and_replaces_it():
     strict = refine_by_matching(query["image"], K_33, _prior(prior_44), db, 2.0, views=2, min_inliers=10**6)
     assert not strict.adopted and strict.result.cam2world_44 is prior_44 and strict.inliers > 0
     failed = PnPResult(None, False, "RANSAC failed", 0, 0, 0.0, 0.0)
-    assert refine_by_matching(query["image"], K_33, failed, db, 2.0).result is failed
+    assert refine_by_matching(query["image"], K_33, failed, db, 2.0, retrieval=False).result is failed
     other = render(true_44, texture(seed=1))  # (a rotated copy of the texture would match, rotated)
     kept = refine_by_matching(other["image"], K_33, _prior(prior_44), db, 2.0, views=2)
-    assert not kept.adopted and kept.result.cam2world_44 is prior_44
+    assert not kept.adopted and kept.result.cam2world_44 is prior_44 and kept.seconds > 0
+
+
+def test_retrieval_finds_the_views_a_far_off_or_missing_prior_cannot_pick():
+    tex = texture()
+    # two views of the query's plane, and two near the far prior that see another texture (another wall)
+    eyes = ([0.3, 0.2, 1.6], [-0.3, 0.1, 1.7], [1.5, -1.2, 1.0], [1.2, -1.5, 1.1])
+    views = [render(camera(eye), tex if j < 2 else texture(seed=2)) for j, eye in enumerate(eyes)]
+    db = ViewDatabase(np.stack([camera(eye) for eye in eyes]), lambda j: views[j])
+    true_44 = camera([0.05, 0.35, 1.4])
+    query = sift_keypoints(render(true_44, tex)["image"])
+    # independent ranking: ratio-test matches counted view by view
+    counts = [len(ratio_matches(query, sift_keypoints(v["image"]))[0]) for v in views]
+    assert db.retrieve(query, 2) == sorted(range(4), key=lambda j: -counts[j])[:2] == [0, 1]
+    image = render(true_44, tex)["image"]
+    far = _prior(camera([1.4, -1.4, 1.0]))  # picks the two views of the other wall, which give no pose
+    alone = refine_by_matching(image, K_33, far, db, 2.0, views=2, retrieval=False)
+    assert not alone.adopted and alone.result is far
+    found = refine_by_matching(image, K_33, far, db, 2.0, views=2)
+    assert found.adopted and found.retrieved
+    assert all(e < b for e, b in zip(pose_errors(found.result.cam2world_44, true_44), (1.0, 0.5)))
+    failed = PnPResult(None, False, "RANSAC failed", 0, 0, 0.0, 0.0)  # no prior at all: retrieval only
+    rescued = refine_by_matching(image, K_33, failed, db, 2.0, views=2)
+    assert rescued.adopted and rescued.retrieved and pose_errors(rescued.result.cam2world_44, true_44)[0] < 1.0
+
+
+def test_a_saved_view_database_reads_back_and_refines_alike(tmp_path):
+    tex = texture()
+    eyes = ([0.3, 0.2, 1.6], [-0.3, 0.1, 1.7], [1.8, -1.5, 0.4])
+    views = [render(camera(eye), tex) for eye in eyes]
+    poses_M44 = np.stack([camera(eye) for eye in eyes] + [np.full((4, 4), np.nan)])
+    db = ViewDatabase(poses_M44, lambda j: views[j], max_features=500)
+    path = db.save(tmp_path / "views.npz")
+    back = ViewDatabase.open(path)
+    assert back.max_features == 500 and np.array_equal(back.cam2world_M44, db.cam2world_M44, equal_nan=True)
+    for j in range(3):
+        a, b = db.view(j), back.view(j)
+        np.testing.assert_array_equal(b.keypoints.desc_N128, a.keypoints.desc_N128)
+        np.testing.assert_array_equal(b.keypoints.uv_N2, a.keypoints.uv_N2)
+        np.testing.assert_array_equal(b.pts_N3, a.pts_N3.astype(np.float32))  # labels: float32 in the cache
+        assert np.isnan(a.pts_N3).any(axis=1).sum() == np.isnan(b.pts_N3).any(axis=1).sum()
+    with pytest.raises(KeyError, match="view 3"):
+        back.view(3)  # unposed: not stored, and nothing to load it from
+    true_44 = camera([0.05, 0.35, 1.4])
+    prior = _prior(true_44 @ _roll(3.0))
+    image = render(true_44, tex)["image"]
+    ref_a, ref_b = (refine_by_matching(image, K_33, prior, d, 2.0, views=2) for d in (db, back))
+    assert ref_a.adopted and ref_b.adopted and ref_a.inliers == ref_b.inliers
+    np.testing.assert_allclose(ref_b.result.cam2world_44, ref_a.result.cam2world_44, atol=1e-6)
+    (tmp_path / "torn.npz").write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match="torn.npz is corrupt"):
+        ViewDatabase.open(tmp_path / "torn.npz")
+    with pytest.raises(FileNotFoundError, match="nope.npz does not exist"):
+        ViewDatabase.open(tmp_path / "nope.npz")
 
 
 def test_view_database_needs_a_posed_view():
