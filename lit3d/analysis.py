@@ -150,7 +150,7 @@ def localize_frames(run: Run, frames: runs.Frames, reprojection_px: float | None
     ``matching``, also the student's poses refined by SIFT matches against the ``matching_views`` training frames
     nearest them, or those sharing the most matches where the nearest give no pose (rows ``refined``, reason
     ``matched``, ``retrieved`` or ``student``: which pose was kept; :func:`lit3d.runs.refine_frames`, as
-    ``evaluate matching_refine=true``).
+    ``evaluate``'s ``matching_refine``).
 
     The inlier threshold defaults to :func:`lit3d.runs.default_reprojection_px` of the frames' width.
     """

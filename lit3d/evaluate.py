@@ -4,8 +4,9 @@ Scores a trained student on the test frames of its label cache: point errors aga
 where the scene has depth and poses, of teacher and student against the ground truth; camera localization by
 PnP-RANSAC from the student's points (averaged over rolled and zoomed copies of each image, ``tta``) and, as the
 reference, from the teacher's labels (settings chosen on the validation frames with ``tune=true``) and, with
-``matching=true``, from SIFT matches against the training labels (and with ``matching_refine=true`` the
-student's poses refined by such matches); how far each test frame is from the training cameras (``gen/*``,
+``matching=true``, from SIFT matches against the training labels; the student's poses refined by such matches
+(``matching_refine``, on by default; ``loc/*`` stays the student alone); how far each test frame is from the
+training cameras (``gen/*``,
 :mod:`lit3d.metrics.coverage`). Writes into the run directory: ``metrics.json`` (fit's keys kept; ``eval/*``,
 ``loc/*``, ``loc_teacher/*``, ``loc_matching/*``, ``loc_refined/*``, ``gen/*``, ``export/*`` replaced), ``eval_frames.csv`` (one row per frame),
 ``eval_tuning.csv`` (with ``tune=true``), figures (``eval_frames.png``, ``eval_loc_cdf_t.png``,
@@ -25,6 +26,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -33,7 +35,7 @@ from lit3d.cache import LabelCache, build_labels
 from lit3d.geometry import transform_points
 from lit3d.metrics.coverage import generalisation, summarize_generalisation
 from lit3d.metrics.localization import choose_setting, tuning_grid
-from lit3d.metrics.matching import VIEWS_FILE
+from lit3d.metrics.matching import VIEWS_FILE, ViewDatabase
 from lit3d.runs import (Frames, checkpoint_path, default_reprojection_px, labels_to_gt, load_frames, localize_frames,
                         match_frames, merge_metrics, nearest_rigid, point_errors, pose_to_gt, refine_frames,
                         resolve_device, run_config, training_views, with_ensemble, write_csv)
@@ -74,14 +76,14 @@ class EvalOptions(TestTimeOptions):
     """Also localize each frame by a classical yardstick: SIFT matches against the matching_views training frames
     nearest its true pose, lifted by their labels, PnP-RANSAC (matching_* columns, loc_matching/* metrics). A frame
     it misses too is one whose image and the training labels disagree, not only the student's miss."""
-    matching_refine: bool = False
+    matching_refine: bool = True
     """Also refine the student's pose of each frame by SIFT matches against the matching_views training frames
     nearest THAT pose (no true pose used: what lit3d localize matching=true does with new photos), kept where at
-    least 30 matches agree on it (refined_* columns, loc_refined/* metrics)."""
+    least 30 matches agree on it (refined_* columns, loc_refined/* metrics; loc/* stays the student alone)."""
     matching_views: int = 10
-    """Training frames each frame is matched against (with matching=true or matching_refine=true)."""
+    """Training frames each frame is matched against (by matching=true and matching_refine)."""
     matching_retrieval: bool = True
-    """With matching_refine=true: where the views nearest the student's pose give no pose that 30 matches
+    """With matching_refine: where the views nearest the student's pose give no pose that 30 matches
     support, match against the matching_views training frames sharing the most matches with the frame."""
 
     def __post_init__(self) -> None:
@@ -140,10 +142,11 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
         match_rows, match_metrics = match_frames(cache, names, S_44, opt.matching_views)
         metrics.update(match_metrics)
     refined_rows: list[dict] = [{} for _ in names]
+    views = None  # the training views' keypoints, computed once for the refinement and the export
     if opt.matching_refine:
-        refined_rows, refined_metrics = refine_frames(fr, poses["student_pnp"], training_views(cache), S_44,
-                                                      loc["reprojection_px"], opt.matching_views,
-                                                      retrieval=opt.matching_retrieval)
+        views = training_views(cache)
+        refined_rows, refined_metrics = refine_frames(fr, poses["student_pnp"], views, S_44, loc["reprojection_px"],
+                                                      opt.matching_views, retrieval=opt.matching_retrieval)
         metrics.update(refined_metrics)
     metrics.update({
         "eval/checkpoint": str(ckpt), "eval/split": opt.split, "eval/n_frames": float(len(names)),
@@ -160,7 +163,8 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
     _figures(run_dir, fr, S_44, loc_rows, poses, opt.figure_frames)
     _generalisation_map(run_dir, train_cam2world, loc_rows, gen_rows, poses)
     if opt.exports:
-        metrics.update(_exports(run_dir, module, opt.split, fr, info, opt.export_atol, cache))
+        metrics.update(_exports(run_dir, module, opt.split, fr, info, opt.export_atol,
+                                lambda: views if views is not None else training_views(cache)))
     merge_metrics(run_dir, metrics, EVAL_PREFIXES + (("export/",) if opt.exports else ()))
     nan = float("nan")
     log.info("%s: student %.1f %% at 5 cm / 5 deg (teacher labels %.1f %%), median %.2f cm / %.2f deg", run_dir,
@@ -299,7 +303,7 @@ def _generalisation_map(run_dir: Path, train_cam2world: list[np.ndarray], loc_ro
 
 
 def _exports(run_dir: Path, module: StudentModule, split: str, fr: Frames, labels_info: dict,
-             atol: float, cache: LabelCache) -> dict[str, float | str]:
+             atol: float, views: Callable[[], ViewDatabase]) -> dict[str, float | str]:
     """PLY clouds of the split (labels' frame), the student as ONNX / TorchScript, and the training views' keypoints
     that refine its poses by matching (``training_views.npz``, for localize matching=true); failures are recorded."""
     from lit3d.export import export_student, write_ply
@@ -309,7 +313,7 @@ def _exports(run_dir: Path, module: StudentModule, split: str, fr: Frames, label
     write_ply(out_dir / f"student_{split}.ply", fr.student_NHW3, fr.images_NHW3)
     metrics = export_student(module, out_dir, fr.images_NHW3[:2], labels_info, fr.K_N33[0], atol)
     try:
-        path = training_views(cache).save(out_dir / VIEWS_FILE)
+        path = views().save(out_dir / VIEWS_FILE)
         metrics.update({"export/views_path": str(path), "export/views_size_mb": path.stat().st_size / 2**20})
     except Exception as e:  # noqa: BLE001  (recorded like a failed student export: the evaluation stays)
         log.warning("training views export failed: %s", e)

@@ -160,6 +160,8 @@ def test_evaluate_a_tiny_run(tiny_cfg, caplog, monkeypatch):
     for who in ("student_vs_teacher", "teacher_vs_gt", "student_vs_gt"):
         assert f"eval/{who}/l2_mean" in metrics and f"eval/{who}/acc_5cm" in metrics
     assert metrics["eval/gt_alignment"] == "identity" and metrics["eval/student_ms_per_image"] > 0
+    # the student's poses refined by matching are reported by default, beside the student's own (loc/*)
+    assert all(f"loc_refined/{k}" in metrics for k in LOC_KEYS if k != "inlier_ratio")
 
     # the depth teacher's labels are exact: PnP on them must give the true poses back (frames, K scaling)
     assert metrics["eval/teacher_vs_gt/l2_mean"] < 1e-5
@@ -238,7 +240,8 @@ def test_evaluate_a_tiny_run(tiny_cfg, caplog, monkeypatch):
     assert not any(k.startswith("loc_matching/") for k in refined)
 
     # a re-run without exports keeps the export keys and replaces the rest (the yardstick's keys go with it)
-    again = evaluate_run(run, options=EvalOptions(checkpoint="last", exports=False, figure_frames=1))
+    again = evaluate_run(run, options=EvalOptions(checkpoint="last", exports=False, figure_frames=1,
+                                                  matching_refine=False))
     merged = json.loads((run / "metrics.json").read_text())
     assert merged["eval/checkpoint"].endswith("last.ckpt") and "export/onnx_size_mb" in merged
     assert not any(k.startswith(("loc_matching/", "loc_refined/")) for k in merged)
