@@ -16,9 +16,20 @@ from typing import Iterator
 import numpy as np
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_MODE = 0o666 & ~_umask()
+"""Permissions of a new file as ``open`` creates it (read once at import: reading the umask sets it)."""
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Temporary path that becomes ``path`` (fsync'd, ``os.replace``) when the ``with`` block succeeds."""
+    """Temporary path that becomes ``path`` (fsync'd, ``os.replace``) when the ``with`` block succeeds, with the
+    permissions ``open`` would give it (``mkstemp``'s temporaries are private to their owner)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -28,6 +39,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _MODE)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -23,3 +25,9 @@ def test_a_finished_write_replaces_the_file(tmp_path):
         np.testing.assert_array_equal(f["a"], np.arange(5.0))
         np.testing.assert_array_equal(f["b"], np.eye(2))
     assert [p.name for p in tmp_path.iterdir()] == ["out.npz"]
+
+
+def test_a_written_file_gets_the_permissions_open_gives(tmp_path):
+    atomic_write_bytes(tmp_path / "atomic.bin", b"x")
+    (tmp_path / "plain.bin").write_bytes(b"x")  # open() applies the process's umask
+    assert os.stat(tmp_path / "atomic.bin").st_mode == os.stat(tmp_path / "plain.bin").st_mode
