@@ -78,7 +78,7 @@ class EvalOptions(TestTimeOptions):
     it misses too is one whose image and the training labels disagree, not only the student's miss."""
     matching_refine: bool = True
     """Also refine the student's pose of each frame by SIFT matches against the matching_views training frames
-    nearest THAT pose (no true pose used: what lit3d localize matching=true does with new photos), kept where at
+    nearest THAT pose (no true pose used: what lit3d localize does with new photos), kept where at
     least 30 matches agree on it (refined_* columns, loc_refined/* metrics; loc/* stays the student alone)."""
     matching_views: int = 10
     """Training frames each frame is matched against (by matching=true and matching_refine)."""
@@ -305,7 +305,7 @@ def _generalisation_map(run_dir: Path, train_cam2world: list[np.ndarray], loc_ro
 def _exports(run_dir: Path, module: StudentModule, split: str, fr: Frames, labels_info: dict,
              atol: float, views: Callable[[], ViewDatabase]) -> dict[str, float | str]:
     """PLY clouds of the split (labels' frame), the student as ONNX / TorchScript, and the training views' keypoints
-    that refine its poses by matching (``training_views.npz``, for localize matching=true); failures are recorded."""
+    that refine its poses by matching (``training_views.npz``, for lit3d localize); failures are recorded."""
     from lit3d.export import export_student, write_ply
 
     out_dir = run_dir / "exports"

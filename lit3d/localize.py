@@ -4,8 +4,8 @@ QUERY: image files (jpg, jpeg, png), folders of them, or text files listing imag
 the list). Each photo is read with its EXIF orientation, resized to the student's input with its intrinsics
 scaled, predicted in batches (averaged over rolled and zoomed copies of each photo, ``tta``, as ``lit3d
 evaluate`` does), and localized by PnP + RANSAC with ``lit3d evaluate``'s settings (inlier threshold 10 px at 640
-px width scaled to the student's, 1000 iterations, LM refinement). With ``matching=true`` each pose is then
-refined by SIFT matches against the training frames nearest it, lifted by their labels, or where those give no
+px width scaled to the student's, 1000 iterations, LM refinement). With ``matching`` (on by default;
+``matching=false``: the student's poses alone) each pose is then refined by SIFT matches against the training frames nearest it, lifted by their labels, or where those give no
 pose, against the training frames sharing the most matches with the photo
 (:func:`lit3d.metrics.matching.refine_by_matching`; kept where at least 30 matches agree). A run directory's
 training frames come from its label cache; an exported student's from ``training_views.npz`` beside it (``lit3d
@@ -75,17 +75,17 @@ class LocalizeOptions(TestTimeOptions):
     """Levenberg-Marquardt refinement on the inliers."""
     ply: bool = False
     """Also write each query's coloured point cloud (ply/NAME.ply, scene frame and unit)."""
-    matching: bool = False
+    matching: bool = True
     """Refine each pose by SIFT matches against the matching_views training frames nearest it, lifted by their
     labels (a run directory's label cache, or training_views.npz beside an exported student); the matched pose is
-    kept where at least 30 matches agree on it."""
+    kept where at least 30 matches agree on it. false: the student's poses alone."""
     matching_views: int = 10
-    """Training frames each query is matched against (with matching=true)."""
+    """Training frames each query is matched against (with matching)."""
     matching_retrieval: bool = True
-    """With matching=true: where the frames nearest the student's pose give no pose, match against the
+    """With matching: where the frames nearest the student's pose give no pose, match against the
     matching_views training frames sharing the most matches with the photo."""
     cache_dir: str = ""
-    """With matching=true and a run directory: where its label cache is when it has moved since training."""
+    """With matching and a run directory: where its label cache is when it has moved since training."""
     device: str = "auto"
     """PyTorch device: auto, cpu, cuda (ONNX Runtime runs on the CPU)."""
 
@@ -434,8 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         paths = expand_queries(queries)
         if opt.matching_views < 1:
             raise ValueError(f"localize: matching_views must be at least 1, got {opt.matching_views}")
-        db = matching_views_of(source, opt.cache_dir) if opt.matching else None
         model = load_model(source, opt.checkpoint, opt.device, tta=opt)
+        db = matching_views_of(source, opt.cache_dir) if opt.matching else None
         results = localize(model, paths, opt.intrinsics or None, opt.hfov_deg, batch_size=opt.batch_size,
                            reprojection_px=opt.reprojection_px, iterations=opt.iterations, refine=opt.refine,
                            keep_points=opt.ply, progress=True, names=_unique_names(paths), matching=db,
@@ -465,11 +465,15 @@ def matching_views_of(source: str | Path, cache_dir: str = "") -> ViewDatabase:
     moved), or ``training_views.npz`` beside an exported student."""
     source = Path(source)
     if source.is_dir():
-        return training_views(run_label_cache(source, cache_dir))
+        try:
+            return training_views(run_label_cache(source, cache_dir))
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e}; matching=false localizes with the student alone") from None
     views = source.parent / VIEWS_FILE
     if not views.is_file():
-        raise FileNotFoundError(f"matching=true with the exported student {source} needs {views} (lit3d evaluate "
-                                f"RUN_DIR writes it into RUN_DIR/exports/), or pass the run directory")
+        raise FileNotFoundError(f"matching with the exported student {source} needs {views} (lit3d evaluate "
+                                f"RUN_DIR writes it into RUN_DIR/exports/); matching=false localizes with the "
+                                f"student alone")
     return ViewDatabase.open(views)
 
 

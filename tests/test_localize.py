@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -248,7 +249,7 @@ def test_localize_the_kitchen_sample_like_evaluate(tmp_path, caplog):
 
     (tmp_path / "queries.txt").write_text("".join(f"{SAMPLE / n}.color.jpg\n" for n in names))
     assert main([str(run), str(tmp_path / "queries.txt"), f"intrinsics={SAMPLE / 'camera-intrinsics.txt'}",
-                 "ply=true"]) == 0
+                 "ply=true", "matching=false"]) == 0
     out = json.loads((run / "localize" / "poses.json").read_text())
     assert [q["name"] for q in out["queries"]] == [f"{n}.color.jpg" for n in names]
     assert (out["frame"], out["unit"]) == ("dataset", "m")
@@ -258,7 +259,7 @@ def test_localize_the_kitchen_sample_like_evaluate(tmp_path, caplog):
         assert q["status"] == "ok" and np.array_equal(np.array(q["cam2world"]), expected)
     # the run's student averaged with itself (ensemble) is that student: the same poses through the CLI
     assert main([str(run), str(tmp_path / "queries.txt"), f"intrinsics={SAMPLE / 'camera-intrinsics.txt'}",
-                 f"ensemble=[{run}]", f"out={tmp_path / 'pair'}"]) == 0
+                 f"ensemble=[{run}]", f"out={tmp_path / 'pair'}", "matching=false"]) == 0
     pair = json.loads((tmp_path / "pair" / "poses.json").read_text())
     assert [q["cam2world"] for q in pair["queries"]] == [q["cam2world"] for q in out["queries"]]
     # and evaluate's per-frame errors (eval_frames.csv) are those of these poses
@@ -274,10 +275,10 @@ def test_localize_the_kitchen_sample_like_evaluate(tmp_path, caplog):
         assert (float(r["student_t_cm"]), float(r["student_r_deg"])) == (t_cm, r_deg)
     assert (run / "localize" / "poses_hloc.txt").is_file() and len(list((run / "localize" / "ply").glob("*.ply"))) == 12
 
-    # matching=true refines each pose against the run's training frames: the poses evaluate's matching_refine gives
-    evaluate_run(run, options=EvalOptions(figure_frames=1, matching_refine=True, matching_views=4))
+    # by default each pose is refined against the run's training frames: the poses evaluate's loc_refined scores
+    evaluate_run(run, options=EvalOptions(figure_frames=1, matching_views=4))
     assert main([str(run), str(tmp_path / "queries.txt"), f"intrinsics={SAMPLE / 'camera-intrinsics.txt'}",
-                 "matching=true", "matching_views=4", f"out={tmp_path / 'matched'}"]) == 0
+                 "matching_views=4", f"out={tmp_path / 'matched'}"]) == 0
     matched = json.loads((tmp_path / "matched" / "poses.json").read_text())
     assert matched["settings"]["matching"] is True and matched["settings"]["matching_views"] == 4
     with open(run / "eval_frames.csv", newline="") as f:
@@ -309,13 +310,22 @@ def test_localize_the_kitchen_sample_like_evaluate(tmp_path, caplog):
     (tmp_path / "singular.txt").write_text("525 0 319.5\n0 0 239.5\n0 0 1\n")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     photo = SAMPLE / f"{names[0]}.color.jpg"
+    (tmp_path / "lone").mkdir()  # an exported student without the training views beside it
+    shutil.copy(run / "exports" / "student.onnx", tmp_path / "lone")
+    moved = tmp_path / "moved"  # a run whose label cache is gone
+    shutil.copytree(run, moved, ignore=shutil.ignore_patterns("exports", "localize"))
+    metrics = json.loads((moved / "metrics.json").read_text())
+    (moved / "metrics.json").write_text(json.dumps({**metrics, "labels/cache": str(tmp_path / "gone")}))
     for argv, message in [([str(run), str(photo), f"intrinsics={tmp_path / 'singular.txt'}"], "not an invertible"),
                           ([str(run), str(tmp_path / "broken.jpg"), "hfov_deg=60"], "broken.jpg: not a readable image"),
                           ([str(run), str(photo)], "no intrinsics"),
                           ([str(run), str(photo), "hfov_deg=60", "batch_size=two"], "invalid value for 'batch_size'"),
                           ([str(run), str(photo), "hfov_deg=60", "matching_views=0"], "matching_views must be at least 1"),
-                          ([str(tmp_path / "student.onnx"), str(photo), "hfov_deg=60", "matching=true"],
-                           "training_views.npz (lit3d evaluate RUN_DIR writes it")]:
+                          ([str(tmp_path / "lone" / "student.onnx"), str(photo), "hfov_deg=60"],
+                           "training_views.npz (lit3d evaluate RUN_DIR writes it into RUN_DIR/exports/); "
+                           "matching=false localizes with the student alone"),
+                          ([str(moved), str(photo), "hfov_deg=60"],
+                           "not found (cache_dir=DIR finds a moved cache); matching=false localizes with the student")]:
         caplog.clear()
         with caplog.at_level(logging.ERROR):
             assert main(argv) == 2

@@ -154,8 +154,9 @@ def bench_students(specs: list[str], hw: tuple[int, int], batch: int, device: to
 
 
 def bench_localize(source: str, queries: list[str], intrinsics: str, hfov_deg: float) -> list[dict]:
-    """End-to-end ``lit3d localize`` per photo (read, resize, student, PnP + RANSAC): p50 / p95 ms, images/s,
-    after one warm-up pass; with one forward per photo and with test-time augmentation (its default), side by side."""
+    """End-to-end ``lit3d localize`` per photo (read, resize, student, PnP + RANSAC; the student's poses alone, no
+    matching refinement): p50 / p95 ms, images/s, after one warm-up pass; with one forward per photo and with
+    test-time augmentation (its default), side by side."""
     import lit3d.localize as loc
     from lit3d.students.tta import TestTimeOptions
 
