@@ -57,8 +57,9 @@ class TrialEvaluation(EvalOptions):
     split: str = ""
     """Split each finished trial is evaluated on ('' = none): ``val`` to choose between trials on validation frames
     (new viewpoints with ``data.val_block``), ``test`` to record the held-out figures. The evaluation's metrics
-    (``loc/*``, ``eval/*``, ``gen/*``) join the trial's user attributes and its ``metrics.json``, and
-    ``objective.metric`` may name one (``loc/acc_5cm5deg`` with ``objective.direction=maximize``)."""
+    (``loc/*``, ``loc_refined/*``, ``eval/*``, ``gen/*``) join the trial's user attributes and its
+    ``metrics.json``, and ``objective.metric`` may name one (``loc/acc_5cm5deg`` with
+    ``objective.direction=maximize``)."""
     exports: bool = False
     """Also write each trial's PLY clouds and ONNX / TorchScript student (off: a sweep compares recipes)."""
 
