@@ -5,13 +5,14 @@ the list). Each photo is read with its EXIF orientation, resized to the student'
 scaled, predicted in batches (averaged over rolled and zoomed copies of each photo, ``tta``, as ``lit3d
 evaluate`` does), and localized by PnP + RANSAC with ``lit3d evaluate``'s settings (inlier threshold 10 px at 640
 px width scaled to the student's, 1000 iterations, LM refinement). With ``matching`` (on by default;
-``matching=false``: the student's poses alone) each pose is then refined by SIFT matches against the training frames nearest it, lifted by their labels, or where those give no
-pose, against the training frames sharing the most matches with the photo
-(:func:`lit3d.metrics.matching.refine_by_matching`; kept where at least 30 matches agree). A run directory's
-training frames come from its label cache; an exported student's from ``training_views.npz`` beside it (``lit3d
-evaluate`` writes both into ``RUN_DIR/exports/``). Intrinsics, at the
-photo's own size: ``intrinsics=K.txt`` (one 3x3 matrix for every photo), a per-image list (``NAME fx fy cx cy``
-a line), a COLMAP ``cameras.txt`` (one camera, or several with ``images.txt`` beside it), or ``hfov_deg=``.
+``matching=false``: the student's poses alone) each pose is then refined by SIFT matches against the training
+frames nearest it, lifted by their labels, or where those give no pose, against the training frames sharing the
+most matches with the photo (:func:`lit3d.metrics.matching.refine_by_matching`; kept where at least 30 matches
+agree). A run directory's training frames come from its label cache; an exported student's from
+``training_views.npz`` beside it (``lit3d evaluate`` writes it into ``RUN_DIR/exports/`` with the student).
+Intrinsics, at the photo's own size: ``intrinsics=K.txt`` (one 3x3 matrix for every photo), a per-image list
+(``NAME fx fy cx cy`` a line), a COLMAP ``cameras.txt`` (one camera, or several with ``images.txt`` beside it),
+or ``hfov_deg=``.
 
 Writes into ``out`` (default ``RUN_DIR/localize``, or ``localize/`` beside an exported model): ``poses.json``
 (every query: status ``ok`` or why not, camera-to-world pose in the scene's frame and unit, inliers, ratio,
