@@ -218,14 +218,15 @@ def _match_rounds(query: Keypoints, K_33: np.ndarray, db: ViewDatabase, first: l
     """The matched pose with the most inliers (and its match count) over ``rounds`` rounds: the first against
     views ``first``, each later one against the ``views`` views nearest the previous round's pose."""
     best: tuple[PnPResult, int] | None = None
-    for r in range(rounds):
-        uv_N2, pts_N3 = db.correspondences(query, first if r == 0 else db.nearest(pose_44, views), ratio)
+    picked = first
+    for _ in range(rounds):
+        uv_N2, pts_N3 = db.correspondences(query, picked, ratio)
         res = localize_points(pts_N3, uv_N2, K_33, reprojection_px=reprojection_px)
         if not res.ok:
             break
         if best is None or res.n_inliers > best[0].n_inliers:
             best = res, len(uv_N2)
-        pose_44 = res.cam2world_44
+        picked = db.nearest(res.cam2world_44, views)
     return best
 
 
