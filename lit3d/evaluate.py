@@ -85,6 +85,10 @@ class EvalOptions(TestTimeOptions):
     matching_retrieval: bool = True
     """With matching_refine: where the views nearest the student's pose give no pose that 30 matches
     support, match against the matching_views training frames sharing the most matches with the frame."""
+    matching_align: bool = True
+    """With matching_refine: refine each matched pose by direct alignment, every labelled pixel of the 4 training
+    frames nearest it compared with the frame's grey values; kept where 90 % of the matches still agree
+    (refined_aligned column, loc_refined/aligned_rate)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -146,7 +150,8 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None,
     if opt.matching_refine:
         views = training_views(cache)
         refined_rows, refined_metrics = refine_frames(fr, poses["student_pnp"], views, S_44, loc["reprojection_px"],
-                                                      opt.matching_views, retrieval=opt.matching_retrieval)
+                                                      opt.matching_views, retrieval=opt.matching_retrieval,
+                                                      align=opt.matching_align)
         metrics.update(refined_metrics)
     metrics.update({
         "eval/checkpoint": str(ckpt), "eval/split": opt.split, "eval/n_frames": float(len(names)),

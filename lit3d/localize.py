@@ -85,6 +85,9 @@ class LocalizeOptions(TestTimeOptions):
     matching_retrieval: bool = True
     """With matching: where the frames nearest the student's pose give no pose, match against the
     matching_views training frames sharing the most matches with the photo."""
+    matching_align: bool = True
+    """With matching: refine each matched pose by direct alignment with every labelled pixel of the 4 training
+    frames nearest it; kept where 90 % of the matches still agree."""
     cache_dir: str = ""
     """With matching and a run directory: where its label cache is when it has moved since training."""
     device: str = "auto"
@@ -118,6 +121,8 @@ class PoseResult:
     """The photo at the student's input size, uint8 (with ``keep_points``)."""
     matched: bool = False
     """Whether the pose came from SIFT matches against training frames (``matching``), not the student's points."""
+    aligned: bool = False
+    """Whether direct alignment then moved the matched pose (``matching_align``)."""
 
     @property
     def ok(self) -> bool:
@@ -129,7 +134,7 @@ class PoseResult:
                 "n_points": self.n_points, "n_inliers": self.n_inliers, "inlier_ratio": self.inlier_ratio,
                 "reprojection_error_px": None if np.isnan(self.reprojection_error_px) else self.reprojection_error_px,
                 "K": self.K_33.tolist(), "image_size": list(self.image_size), "seconds": self.seconds,
-                "matched": self.matched}
+                "matched": self.matched, "aligned": self.aligned}
 
 
 # --- models -------------------------------------------------------------------------------------------------------
@@ -303,7 +308,7 @@ def localize(run_or_model, images: Sequence[str | Path | np.ndarray] | str | Pat
              refine: bool = True, device: str = "auto", keep_points: bool = False, progress: bool = False,
              names: Sequence[str] | None = None, tta: TestTimeOptions | None = None,
              matching: ViewDatabase | None = None, matching_views: int = 10,
-             matching_retrieval: bool = True) -> list[PoseResult]:
+             matching_retrieval: bool = True, matching_align: bool = True) -> list[PoseResult]:
     """Camera-to-world poses of ``images`` (paths, or uint8 RGB arrays as they are after EXIF orientation) from a
     run directory, an exported student (.onnx / .ts) or a :class:`PointmapModel` (test-time augmentation:
     ``tta``, default ``TestTimeOptions()``, on; a PointmapModel keeps what :func:`load_model` gave it).
@@ -311,7 +316,8 @@ def localize(run_or_model, images: Sequence[str | Path | np.ndarray] | str | Pat
     ``K``: intrinsics at each image's own size (see :func:`query_intrinsics`). ``matching``: training views (the
     labels' frame, :func:`lit3d.runs.training_views` or :meth:`ViewDatabase.open`) whose SIFT matches refine each
     pose (``matching_views`` nearest it, or with ``matching_retrieval`` those sharing the most matches where the
-    nearest give no pose: :func:`lit3d.metrics.matching.refine_by_matching`). A query without a pose is reported by its
+    nearest give no pose; with ``matching_align`` then refined by direct alignment:
+    :func:`lit3d.metrics.matching.refine_by_matching`). A query without a pose is reported by its
     ``status``; unreadable images and missing or singular intrinsics raise (one-line) errors before any
     work starts.
     """
@@ -349,16 +355,16 @@ def localize(run_or_model, images: Sequence[str | Path | np.ndarray] | str | Pat
             # float32 as the label cache stores K: a photo at the labels' size then gets evaluate's pose exactly
             K_grid = scale_intrinsics(K_list[k], w / W0, h / H0).astype(np.float32).astype(np.float64)
             res = pnp_ransac(pts_NHW3[j], None, K_grid, reprojection_px=px, iterations=iterations, refine=refine)
-            matched, seconds = False, res.seconds
+            matched, aligned, seconds = False, False, res.seconds
             if matching is not None:
                 ref = refine_by_matching(x_NHW3[j], K_grid, res, matching, px, matching_views,
-                                         retrieval=matching_retrieval)
-                res, matched, seconds = ref.result, ref.adopted, ref.seconds
+                                         retrieval=matching_retrieval, align=matching_align)
+                res, matched, aligned, seconds = ref.result, ref.adopted, ref.aligned, ref.seconds
             err = _reprojection_error(pts_NHW3[j], K_grid, res.cam2world_44, px) * (W0 / w + H0 / h) / 2
             results.append(PoseResult(
                 names[k], "ok" if res.ok else res.reason, res.cam2world_44, res.n_points, res.n_inliers,
                 res.inlier_ratio, err, K_list[k], (H0, W0), share + seconds,
-                pts_NHW3[j] if keep_points else None, x_NHW3[j] if keep_points else None, matched))
+                pts_NHW3[j] if keep_points else None, x_NHW3[j] if keep_points else None, matched, aligned))
     n_ok = sum(r.ok for r in results)
     log.info("%d of %d images localized%s", n_ok, len(results),
              f", {sum(r.matched for r in results)} by matching" if matching is not None else "")
@@ -440,14 +446,15 @@ def main(argv: list[str] | None = None) -> int:
         results = localize(model, paths, opt.intrinsics or None, opt.hfov_deg, batch_size=opt.batch_size,
                            reprojection_px=opt.reprojection_px, iterations=opt.iterations, refine=opt.refine,
                            keep_points=opt.ply, progress=True, names=_unique_names(paths), matching=db,
-                           matching_views=opt.matching_views, matching_retrieval=opt.matching_retrieval)
+                           matching_views=opt.matching_views, matching_retrieval=opt.matching_retrieval,
+                           matching_align=opt.matching_align)
         src = Path(source)
         out = Path(opt.out) if opt.out else (src / "localize" if src.is_dir() else src.parent / "localize")
         settings = {"reprojection_px": opt.reprojection_px or default_reprojection_px(model.input_hw[1]),
                     "iterations": opt.iterations, "refine": opt.refine, "intrinsics": opt.intrinsics,
                     "hfov_deg": opt.hfov_deg, "tta_views": opt.views(), "matching": opt.matching,
                     "matching_views": opt.matching_views, "matching_retrieval": opt.matching_retrieval,
-                    **opt.record()}
+                    "matching_align": opt.matching_align, **opt.record()}
         files = write_results(out, results, model, settings, opt.ply)
         lat = latency_summary(results)
         log.info("%d / %d localized; %.1f ms p50, %.1f ms p95 per image (student + PnP), %.1f images/s -> %s",

@@ -640,33 +640,36 @@ def training_views(cache: LabelCache, max_features: int = 2000) -> ViewDatabase:
 
 
 def refine_frames(fr: Frames, student_pnp: list[PnPResult], db: ViewDatabase, S_44: np.ndarray | None,
-                  reprojection_px: float, views: int = 10, min_inliers: int = MIN_INLIERS, retrieval: bool = True
-                  ) -> tuple[list[dict], dict[str, float]]:
+                  reprojection_px: float, views: int = 10, min_inliers: int = MIN_INLIERS, retrieval: bool = True,
+                  align: bool = True) -> tuple[list[dict], dict[str, float]]:
     """The student's poses refined by matching (:func:`lit3d.metrics.matching.refine_by_matching`): each frame's
     image matched against the ``views`` training views nearest the student's pose ``student_pnp`` (labels'
     frame), or with ``retrieval`` where those give none, against the views sharing the most matches with it;
-    the matched pose kept where ``min_inliers`` support it. No true pose is used to pick views.
+    the matched pose kept where ``min_inliers`` support it and, with ``align``, refined by direct alignment
+    where that still agrees with the matches. No true pose is used to pick views.
 
     Returns per-frame rows (``refined_loc_ok``, ``refined_t_cm``, ``refined_r_deg``, ``refined_adopted``,
-    ``refined_retrieved``, ``refined_matches``, ``refined_inliers``, ``refined_loc_ms``: the student's PnP
-    and the matching) and ``loc_refined/*`` metrics (accuracies when every frame has a true pose, the fractions
-    of frames whose pose matching gave and retrieved views gave, the time per frame).
+    ``refined_retrieved``, ``refined_aligned``, ``refined_matches``, ``refined_inliers``, ``refined_loc_ms``:
+    the student's PnP, the matching and the alignment) and ``loc_refined/*`` metrics (accuracies when every frame
+    has a true pose, the fractions of frames whose pose matching gave, retrieved views gave and direct alignment
+    moved, the time per frame).
     """
     rows = []
     for i, prior in enumerate(student_pnp):
         ref = refine_by_matching(fr.images_NHW3[i], fr.K_N33[i], prior, db, reprojection_px, views,
-                                 min_inliers=min_inliers, retrieval=retrieval)
+                                 min_inliers=min_inliers, retrieval=retrieval, align=align)
         true_44 = fr.cam2world_N44[i]
         has_pose = S_44 is not None and bool(np.all(np.isfinite(true_44)))
         t_cm, r_deg = (pose_errors(pose_to_gt(S_44, ref.result.cam2world_44), true_44) if has_pose
                        else (float("nan"), float("nan")))
         rows.append({"refined_loc_ok": ref.result.ok, "refined_t_cm": t_cm, "refined_r_deg": r_deg,
                      "refined_adopted": ref.adopted, "refined_retrieved": ref.adopted and ref.retrieved,
+                     "refined_aligned": ref.aligned,
                      "refined_matches": ref.matches, "refined_inliers": ref.inliers,
                      "refined_loc_ms": 1000 * ref.seconds})
     metrics = _prefixed(rows, "refined", "loc_refined/") if S_44 is not None and all(
         np.all(np.isfinite(T)) for T in fr.cam2world_N44) else {}
-    for key in ("adopted", "retrieved"):
+    for key in ("adopted", "retrieved", "aligned"):
         metrics[f"loc_refined/{key}_rate"] = (float(np.mean([r[f"refined_{key}"] for r in rows])) if rows
                                               else float("nan"))
     metrics["loc_refined/time_ms_per_frame"] = (float(np.mean([r["refined_loc_ms"] for r in rows])) if rows

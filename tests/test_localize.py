@@ -284,7 +284,7 @@ def test_localize_the_kitchen_sample_like_evaluate(tmp_path, caplog):
     with open(run / "eval_frames.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     for r, q, plain, true_44 in zip(rows, matched["queries"], out["queries"], fr.cam2world_N44):
-        assert q["matched"] == (r["refined_adopted"] == "True")
+        assert q["matched"] == (r["refined_adopted"] == "True") and q["aligned"] == (r["refined_aligned"] == "True")
         if not q["matched"]:
             assert q["cam2world"] == plain["cam2world"]
         t_cm, r_deg = pose_errors(np.array(q["cam2world"]), true_44)
@@ -297,7 +297,8 @@ def test_localize_the_kitchen_sample_like_evaluate(tmp_path, caplog):
     via_file = localize(run, [SAMPLE / f"{n}.color.jpg" for n in names], SAMPLE / "camera-intrinsics.txt",
                         matching=views, matching_views=4)
     for got, q in zip(via_file, matched["queries"]):
-        assert got.matched == q["matched"] and np.array_equal(got.cam2world_44, np.array(q["cam2world"]))
+        assert (got.matched, got.aligned) == (q["matched"], q["aligned"])
+        assert np.array_equal(got.cam2world_44, np.array(q["cam2world"]))
     # and the exported student finds them beside itself (no label cache): matched poses that 30 inliers support
     assert main([str(run / "exports" / "student.onnx"), str(tmp_path / "queries.txt"),
                  f"intrinsics={SAMPLE / 'camera-intrinsics.txt'}", "matching=true", "matching_views=4",

@@ -27,7 +27,9 @@ import cv2
 import numpy as np
 
 from lit3d.files import atomic_save_npz
+from lit3d.geometry import invert_pose, project, transform_points
 from lit3d.metrics.localization import PnPResult, localize_points
+from lit3d.metrics.photometric import DenseView, align_photometric, dense_view
 
 
 @dataclass
@@ -117,15 +119,26 @@ MIN_INLIERS = 30
 
 VIEWS_FILE = "training_views.npz"
 """The name of :meth:`ViewDatabase.save`'s file beside an exported student (``lit3d evaluate`` writes it)."""
-VIEWS_FILE_VERSION = 1
+VIEWS_FILE_VERSION = 2
+"""Version 2 adds each view's :class:`~lit3d.metrics.photometric.DenseView`; version 1 files still open
+(matching only)."""
+
+ALIGN_VIEWS = 4
+"""Training views nearest a matched pose that direct alignment compares the query with."""
+
+ALIGN_KEEP = 0.9
+"""Share of the matches that the directly aligned pose must reproject within twice the RANSAC threshold, counted
+against the matched pose's own count, to replace it. Where the labels are not registered to colour, alignment can
+drift decimetres and keep a third to two thirds of them; a pose that moved to the truth keeps about all. (Twice
+the threshold: RANSAC fits the matched pose to the matches at the threshold itself, which favours it there.)"""
 
 
 class ViewDatabase:
     """Labelled training views to match queries against: their camera-to-world poses ``cam2world_M44`` (the
     labels' frame and unit; non-finite = unposed, never picked) known up front, and ``load(j)`` giving view j's
-    ``image``, ``pts_world`` and ``valid`` at the label grid. Only each view's :class:`LabelledKeypoints` are
-    kept, computed on first use (:meth:`save` computes them all and writes them to one file, which
-    :meth:`open` reads back without the images or labels)."""
+    ``image``, ``pts_world`` and ``valid`` at the label grid. Only each view's :class:`LabelledKeypoints` and
+    :class:`~lit3d.metrics.photometric.DenseView` are kept, computed on first use (:meth:`save` computes them
+    all and writes them to one file, which :meth:`open` reads back without the images or labels)."""
 
     def __init__(self, cam2world_M44: np.ndarray, load: Callable[[int], dict[str, np.ndarray]] | None,
                  max_features: int = 2000):
@@ -135,6 +148,7 @@ class ViewDatabase:
             raise ValueError("matching needs training views with poses; none of them has one")
         self._load, self.max_features = load, max_features
         self._views: dict[int, LabelledKeypoints] = {}
+        self._dense: dict[int, DenseView] = {}
 
     def nearest(self, cam2world_44: np.ndarray, k: int) -> list[int]:
         """Indices of the ``k`` posed views nearest to a camera (:func:`nearest_views`)."""
@@ -151,8 +165,16 @@ class ViewDatabase:
         if j not in self._views:
             if self._load is None:
                 raise KeyError(f"view {j} is not in this database")
-            self._views[j] = labelled_keypoints(self._load(j), self.max_features)
+            frame = self._load(j)
+            self._views[j] = labelled_keypoints(frame, self.max_features)
+            self._dense[j] = dense_view(frame, self.cam2world_M44[j])
         return self._views[j]
+
+    def dense(self, j: int) -> DenseView | None:
+        """View j sampled for direct alignment; None where the database has none (a version 1 file)."""
+        if j not in self._dense and self._load is not None:
+            self.view(j)
+        return self._dense.get(j)
 
     def correspondences(self, query: Keypoints, views: list[int], ratio: float = 0.8
                         ) -> tuple[np.ndarray, np.ndarray]:
@@ -160,50 +182,75 @@ class ViewDatabase:
         return match_correspondences(query, [self.view(j) for j in views], ratio)
 
     def save(self, path: str | Path) -> Path:
-        """Every posed view's keypoints, descriptors (uint8: OpenCV's SIFT values are whole numbers up to 255)
-        and lifted world points, with all poses, in one ``.npz`` written atomically."""
+        """Every posed view's keypoints, descriptors (uint8: OpenCV's SIFT values are whole numbers up to 255),
+        lifted world points and, where the database has them, its :class:`~lit3d.metrics.photometric.DenseView`
+        (grey values, camera-frame points), with all poses, in one ``.npz`` written atomically."""
         feats = [self.view(int(j)) for j in self.posed_P]
         desc = np.concatenate([f.keypoints.desc_N128 for f in feats] + [np.zeros((0, 128), np.float32)])
         if desc.size and (desc.min() < 0 or desc.max() > 255 or np.any(desc != np.round(desc))):
             raise ValueError("SIFT descriptors are not whole numbers in 0..255; they cannot be stored as uint8")
+        dense = [self.dense(int(j)) for j in self.posed_P]
+        extra = {}
+        if dense and all(d is not None for d in dense):
+            pts = [d.pts_cam_hw3.reshape(-1, 3) for d in dense]
+            extra = dict(dense_shape_P2=np.array([d.gray_hw.shape for d in dense], dtype=np.int64),
+                         dense_stride_P=np.array([d.stride for d in dense], dtype=np.int64),
+                         dense_gray=np.concatenate([d.gray_hw.ravel() for d in dense]),
+                         dense_pts_cam=np.concatenate(pts).astype(np.result_type(*pts)))
         atomic_save_npz(
             path, version=np.array(VIEWS_FILE_VERSION), cam2world_M44=self.cam2world_M44,
             posed_P=self.posed_P, counts_P=np.array([len(f.pts_N3) for f in feats], dtype=np.int64),
             max_features=np.array(self.max_features), desc_N128=desc.astype(np.uint8),
             uv_N2=np.concatenate([f.keypoints.uv_N2 for f in feats] + [np.zeros((0, 2))]).astype(np.float32),
-            pts_N3=np.concatenate([f.pts_N3 for f in feats] + [np.zeros((0, 3))]).astype(np.float32))
+            pts_N3=np.concatenate([f.pts_N3 for f in feats] + [np.zeros((0, 3))]).astype(np.float32), **extra)
         return Path(path)
 
     @classmethod
     def open(cls, path: str | Path) -> "ViewDatabase":
         """A database written by :meth:`save`; a missing, corrupt or foreign file is a one-line error."""
+        dense_keys = ("dense_shape_P2", "dense_stride_P", "dense_gray", "dense_pts_cam")
         try:
             with np.load(path) as z:
-                if int(z["version"]) != VIEWS_FILE_VERSION:
+                if int(z["version"]) not in (1, VIEWS_FILE_VERSION):
                     raise ValueError(f"format version {int(z['version'])}, not {VIEWS_FILE_VERSION}")
                 arrays = {k: z[k] for k in ("cam2world_M44", "posed_P", "counts_P", "max_features", "desc_N128",
-                                            "uv_N2", "pts_N3")}
+                                            "uv_N2", "pts_N3") + tuple(k for k in dense_keys if k in z.files)}
         except FileNotFoundError:
             raise FileNotFoundError(f"training views file {path} does not exist") from None
         except Exception as e:  # a truncated zip, a missing key, a wrong version
             raise ValueError(f"training views file {path} is corrupt or not a lit3d views file ({e})") from None
         db = cls(arrays["cam2world_M44"], None, int(arrays["max_features"]))
         ends_P = np.cumsum(arrays["counts_P"])
+        corrupt = ValueError(f"training views file {path} is corrupt (its views and poses disagree)")
         if not np.array_equal(arrays["posed_P"], db.posed_P) or (len(ends_P) and ends_P[-1] != len(arrays["pts_N3"])):
-            raise ValueError(f"training views file {path} is corrupt (its views and poses disagree)")
+            raise corrupt
         for j, end, n in zip(db.posed_P, ends_P, arrays["counts_P"]):
             rows = slice(int(end - n), int(end))
             kp = Keypoints(arrays["uv_N2"][rows].astype(np.float64), arrays["desc_N128"][rows].astype(np.float32))
             db._views[int(j)] = LabelledKeypoints(kp, arrays["pts_N3"][rows].astype(np.float64))
+        if any(k in arrays for k in dense_keys):  # version 2 (a posed view always exists: the constructor)
+            if not all(k in arrays for k in dense_keys):
+                raise corrupt
+            shape_P2 = arrays["dense_shape_P2"].reshape(-1, 2)
+            ends_P = np.cumsum(np.prod(shape_P2, axis=1))
+            if (len(shape_P2) != len(db.posed_P) or len(arrays["dense_stride_P"]) != len(db.posed_P)
+                    or not int(ends_P[-1]) == len(arrays["dense_gray"]) == len(arrays["dense_pts_cam"])):
+                raise corrupt
+            for j, end, (h, w), stride in zip(db.posed_P, ends_P, shape_P2, arrays["dense_stride_P"]):
+                rows = slice(int(end - h * w), int(end))
+                db._dense[int(j)] = DenseView(arrays["dense_gray"][rows].reshape(h, w),
+                                              arrays["dense_pts_cam"][rows].reshape(h, w, 3),
+                                              db.cam2world_M44[int(j)], int(stride))
         return db
 
 
 @dataclass
 class Refinement:
     """Outcome of :func:`refine_by_matching`: the pose kept (``result``), whether matching gave it (``adopted``),
-    whether views retrieved by their matches (not picked by the prior) led to it (``retrieved``), the matches
-    and inliers of the best matched pose (0 when none), and the seconds the prior's PnP and the matching took
-    together (``seconds``; also where the prior is kept)."""
+    whether views retrieved by their matches (not picked by the prior) led to it (``retrieved``), whether direct
+    alignment then moved it (``aligned``), the matches and inliers of the best matched pose (0 when none), and
+    the seconds the prior's PnP, the matching and the alignment took together (``seconds``; also where the prior
+    is kept)."""
 
     result: PnPResult
     adopted: bool
@@ -211,28 +258,60 @@ class Refinement:
     inliers: int
     retrieved: bool
     seconds: float
+    aligned: bool = False
+
+
+@dataclass
+class _Matched:
+    """A matched pose and the 2D-3D matches it was solved from."""
+
+    pnp: PnPResult
+    uv_N2: np.ndarray
+    pts_N3: np.ndarray
+    retrieved: bool
 
 
 def _match_rounds(query: Keypoints, K_33: np.ndarray, db: ViewDatabase, first: list[int], reprojection_px: float,
-                  views: int, rounds: int, ratio: float) -> tuple[PnPResult, int] | None:
-    """The matched pose with the most inliers (and its match count) over ``rounds`` rounds: the first against
-    views ``first``, each later one against the ``views`` views nearest the previous round's pose."""
-    best: tuple[PnPResult, int] | None = None
+                  views: int, rounds: int, ratio: float, retrieved: bool) -> _Matched | None:
+    """The matched pose with the most inliers over ``rounds`` rounds: the first against views ``first``, each
+    later one against the ``views`` views nearest the previous round's pose."""
+    best: _Matched | None = None
     picked = first
     for _ in range(rounds):
         uv_N2, pts_N3 = db.correspondences(query, picked, ratio)
         res = localize_points(pts_N3, uv_N2, K_33, reprojection_px=reprojection_px)
         if not res.ok:
             break
-        if best is None or res.n_inliers > best[0].n_inliers:
-            best = res, len(uv_N2)
+        if best is None or res.n_inliers > best.pnp.n_inliers:
+            best = _Matched(res, uv_N2, pts_N3, retrieved)
         picked = db.nearest(res.cam2world_44, views)
     return best
 
 
+def _within(matched: _Matched, K_33: np.ndarray, cam2world_44: np.ndarray, px: float) -> int:
+    """How many of the matches reproject within ``px`` pixels under a pose."""
+    uv_N2, _ = project(transform_points(invert_pose(cam2world_44), matched.pts_N3), np.asarray(K_33, float))
+    with np.errstate(invalid="ignore"):
+        return int(np.sum(np.linalg.norm(uv_N2 - matched.uv_N2, axis=1) < px))
+
+
+def _aligned(image_HW3: np.ndarray, K_33: np.ndarray, matched: _Matched, db: ViewDatabase, px: float, views: int
+             ) -> np.ndarray | None:
+    """The matched pose refined by direct alignment against the ``views`` views nearest it, where the database
+    has them and the result keeps :data:`ALIGN_KEEP` of the matches within ``2 px`` (else None)."""
+    dense = [db.dense(j) for j in db.nearest(matched.pnp.cam2world_44, views)]
+    if any(d is None for d in dense):
+        return None
+    pose = align_photometric(image_HW3, K_33, matched.pnp.cam2world_44, dense).cam2world_44
+    if pose is None or _within(matched, K_33, pose, 2 * px) < ALIGN_KEEP * _within(
+            matched, K_33, matched.pnp.cam2world_44, 2 * px):
+        return None
+    return pose
+
+
 def refine_by_matching(image_HW3: np.ndarray, K_33: np.ndarray, prior: PnPResult, db: ViewDatabase,
                        reprojection_px: float, views: int = 10, rounds: int = 2, min_inliers: int = MIN_INLIERS,
-                       ratio: float = 0.8, retrieval: bool = True) -> Refinement:
+                       ratio: float = 0.8, retrieval: bool = True, align: bool = True) -> Refinement:
     """A query's pose from SIFT matches against the training views nearest a prior estimate (a student's PnP
     pose, labels' frame): each round matches against the ``views`` views nearest the latest pose and solves
     PnP-RANSAC; the matched pose with the most inliers, if it has ``min_inliers``, replaces ``prior``.
@@ -242,23 +321,30 @@ def refine_by_matching(image_HW3: np.ndarray, K_33: np.ndarray, prior: PnPResult
     pick views that share the query's content, or no prior pose at all) and ``retrieval`` is on, the rounds start
     again from the ``views`` views with the most matches among all (:meth:`ViewDatabase.retrieve`). Without a
     matched pose that enough matches support, ``prior`` is kept: matching never loses a frame the prior
-    localized.
+    localized. With ``align``, a matched pose is then refined by direct alignment with every labelled pixel of
+    the :data:`ALIGN_VIEWS` (at most ``views``) views nearest it (:func:`lit3d.metrics.photometric.align_photometric`),
+    kept where it still agrees with the matches (:data:`ALIGN_KEEP`).
     """
     t0 = time.perf_counter()
     query = sift_keypoints(image_HW3, db.max_features)
-    tries: list[tuple[PnPResult, int, bool]] = []
+    tries: list[_Matched] = []
     if prior.ok:
         near = _match_rounds(query, K_33, db, db.nearest(prior.cam2world_44, views), reprojection_px, views, rounds,
-                             ratio)
-        tries += [(*near, False)] if near is not None else []
-    if retrieval and not any(res.n_inliers >= min_inliers for res, _, _ in tries):
+                             ratio, retrieved=False)
+        tries += [near] if near is not None else []
+    if retrieval and not any(m.pnp.n_inliers >= min_inliers for m in tries):
         found = db.retrieve(query, views, ratio)
-        far = _match_rounds(query, K_33, db, found, reprojection_px, views, rounds, ratio) if found else None
-        tries += [(*far, True)] if far is not None else []
-    seconds = prior.seconds + time.perf_counter() - t0
+        far = _match_rounds(query, K_33, db, found, reprojection_px, views, rounds, ratio,
+                            retrieved=True) if found else None
+        tries += [far] if far is not None else []
     if not tries:
-        return Refinement(prior, False, 0, 0, False, seconds)
-    res, n_matches, retrieved = max(tries, key=lambda t: t[0].n_inliers)
-    if res.n_inliers < min_inliers:
-        return Refinement(prior, False, n_matches, res.n_inliers, retrieved, seconds)
-    return Refinement(replace(res, seconds=seconds), True, n_matches, res.n_inliers, retrieved, seconds)
+        return Refinement(prior, False, 0, 0, False, prior.seconds + time.perf_counter() - t0)
+    best = max(tries, key=lambda m: m.pnp.n_inliers)
+    n_matches, n_inliers = len(best.uv_N2), best.pnp.n_inliers
+    if n_inliers < min_inliers:
+        return Refinement(prior, False, n_matches, n_inliers, best.retrieved,
+                          prior.seconds + time.perf_counter() - t0)
+    pose = _aligned(image_HW3, K_33, best, db, reprojection_px, min(views, ALIGN_VIEWS)) if align else None
+    seconds = prior.seconds + time.perf_counter() - t0
+    result = replace(best.pnp, seconds=seconds, **({} if pose is None else {"cam2world_44": pose}))
+    return Refinement(result, True, n_matches, n_inliers, best.retrieved, seconds, aligned=pose is not None)
