@@ -87,8 +87,8 @@ class EvalOptions(TestTimeOptions):
     support, match against the matching_views training frames sharing the most matches with the frame."""
     matching_align: bool = True
     """With matching_refine: refine each matched pose by direct alignment, every labelled pixel of the 4 training
-    frames nearest it compared with the frame's grey values; kept where 90 % of the matches still agree
-    (refined_aligned column, loc_refined/aligned_rate)."""
+    frames holding the most of its inlier matches compared with the frame's grey values; kept where 90 % of the
+    matches still agree (refined_aligned column, loc_refined/aligned_rate)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

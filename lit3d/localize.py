@@ -87,7 +87,7 @@ class LocalizeOptions(TestTimeOptions):
     matching_views training frames sharing the most matches with the photo."""
     matching_align: bool = True
     """With matching: refine each matched pose by direct alignment with every labelled pixel of the 4 training
-    frames nearest it; kept where 90 % of the matches still agree."""
+    frames holding the most of its inlier matches; kept where 90 % of the matches still agree."""
     cache_dir: str = ""
     """With matching and a run directory: where its label cache is when it has moved since training."""
     device: str = "auto"

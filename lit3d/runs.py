@@ -602,7 +602,7 @@ def match_frames(cache: LabelCache, names: list[str], S_44: np.ndarray, views: i
         true_44 = nearest_rigid(frame["cam2world"].astype(np.float64))
         if not np.all(np.isfinite(true_44)):
             raise ValueError(f"frame {name} of {cache.root} has no true pose: the yardstick needs one to pick views")
-        uv_N2, pts_N3 = db.correspondences(sift_keypoints(frame["image"], max_features), db.nearest(true_44, views),
+        uv_N2, pts_N3, _ = db.correspondences(sift_keypoints(frame["image"], max_features), db.nearest(true_44, views),
                                            ratio)
         px = reprojection_px or default_reprojection_px(frame["image"].shape[1])
         res = localize_points(pts_N3, uv_N2, frame["K"], reprojection_px=px)

@@ -100,17 +100,19 @@ def labelled_keypoints(view: dict[str, np.ndarray], max_features: int = 2000) ->
 
 
 def match_correspondences(query: Keypoints, views: list[LabelledKeypoints], ratio: float = 0.8
-                          ) -> tuple[np.ndarray, np.ndarray]:
-    """2D-3D matches of a query image against labelled ``views``: query pixels ``uv_N2`` and world points
-    ``pts_N3`` (matches to keypoints without a valid label dropped after the ratio test)."""
-    uv, pts = [np.zeros((0, 2))], [np.zeros((0, 3))]
-    for view in views:
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """2D-3D matches of a query image against labelled ``views``: query pixels ``uv_N2``, world points ``pts_N3``
+    and the position in ``views`` of each match's view ``view_N`` (matches to keypoints without a valid label
+    dropped after the ratio test)."""
+    uv, pts, which = [np.zeros((0, 2))], [np.zeros((0, 3))], [np.zeros(0, int)]
+    for k, view in enumerate(views):
         q, o = ratio_matches(query, view.keypoints, ratio)
         p_N3 = view.pts_N3[o].astype(np.float64)
         ok_N = np.all(np.isfinite(p_N3), axis=1)
         uv.append(query.uv_N2[q][ok_N])
         pts.append(p_N3[ok_N])
-    return np.concatenate(uv), np.concatenate(pts)
+        which.append(np.full(int(ok_N.sum()), k))
+    return np.concatenate(uv), np.concatenate(pts), np.concatenate(which)
 
 
 MIN_INLIERS = 30
@@ -124,7 +126,8 @@ VIEWS_FILE_VERSION = 2
 (matching only)."""
 
 ALIGN_VIEWS = 4
-"""Training views nearest a matched pose that direct alignment compares the query with."""
+"""Training views that direct alignment compares the query with: those holding the most of the matched pose's
+inlier matches (the views nearest the pose can look elsewhere)."""
 
 ALIGN_KEEP = 0.9
 """Share of the matches that the directly aligned pose must reproject within twice the RANSAC threshold, counted
@@ -177,9 +180,11 @@ class ViewDatabase:
         return self._dense.get(j)
 
     def correspondences(self, query: Keypoints, views: list[int], ratio: float = 0.8
-                        ) -> tuple[np.ndarray, np.ndarray]:
-        """:func:`match_correspondences` of a query against views ``views`` (indices, e.g. :meth:`nearest`)."""
-        return match_correspondences(query, [self.view(j) for j in views], ratio)
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`match_correspondences` of a query against views ``views`` (indices, e.g. :meth:`nearest`); the
+        third array holds each match's view index in this database."""
+        uv_N2, pts_N3, k_N = match_correspondences(query, [self.view(j) for j in views], ratio)
+        return uv_N2, pts_N3, np.asarray(views, dtype=int)[k_N]
 
     def save(self, path: str | Path) -> Path:
         """Every posed view's keypoints, descriptors (uint8: OpenCV's SIFT values are whole numbers up to 255),
@@ -263,11 +268,12 @@ class Refinement:
 
 @dataclass
 class _Matched:
-    """A matched pose and the 2D-3D matches it was solved from."""
+    """A matched pose and the 2D-3D matches it was solved from (``view_N``: each match's training view)."""
 
     pnp: PnPResult
     uv_N2: np.ndarray
     pts_N3: np.ndarray
+    view_N: np.ndarray
     retrieved: bool
 
 
@@ -278,33 +284,36 @@ def _match_rounds(query: Keypoints, K_33: np.ndarray, db: ViewDatabase, first: l
     best: _Matched | None = None
     picked = first
     for _ in range(rounds):
-        uv_N2, pts_N3 = db.correspondences(query, picked, ratio)
+        uv_N2, pts_N3, view_N = db.correspondences(query, picked, ratio)
         res = localize_points(pts_N3, uv_N2, K_33, reprojection_px=reprojection_px)
         if not res.ok:
             break
         if best is None or res.n_inliers > best.pnp.n_inliers:
-            best = _Matched(res, uv_N2, pts_N3, retrieved)
+            best = _Matched(res, uv_N2, pts_N3, view_N, retrieved)
         picked = db.nearest(res.cam2world_44, views)
     return best
 
 
-def _within(matched: _Matched, K_33: np.ndarray, cam2world_44: np.ndarray, px: float) -> int:
-    """How many of the matches reproject within ``px`` pixels under a pose."""
+def _within(matched: _Matched, K_33: np.ndarray, cam2world_44: np.ndarray, px: float) -> np.ndarray:
+    """Which of the matches reproject within ``px`` pixels under a pose, (N,) bool."""
     uv_N2, _ = project(transform_points(invert_pose(cam2world_44), matched.pts_N3), np.asarray(K_33, float))
     with np.errstate(invalid="ignore"):
-        return int(np.sum(np.linalg.norm(uv_N2 - matched.uv_N2, axis=1) < px))
+        return np.linalg.norm(uv_N2 - matched.uv_N2, axis=1) < px
 
 
 def _aligned(image_HW3: np.ndarray, K_33: np.ndarray, matched: _Matched, db: ViewDatabase, px: float, views: int
              ) -> np.ndarray | None:
-    """The matched pose refined by direct alignment against the ``views`` views nearest it, where the database
-    has them and the result keeps :data:`ALIGN_KEEP` of the matches within ``2 px`` (else None)."""
-    dense = [db.dense(j) for j in db.nearest(matched.pnp.cam2world_44, views)]
-    if any(d is None for d in dense):
+    """The matched pose refined by direct alignment against the ``views`` training views with the most of its
+    inliers (views that demonstrably see what the query sees), where the database has them and the result keeps
+    :data:`ALIGN_KEEP` of the matches within ``2 px`` (else None)."""
+    inliers_N = _within(matched, K_33, matched.pnp.cam2world_44, px)
+    picked, counts = np.unique(matched.view_N[inliers_N], return_counts=True)
+    dense = [db.dense(int(j)) for j in picked[np.argsort(-counts, kind="stable")][:views]]
+    if not dense or any(d is None for d in dense):
         return None
     pose = align_photometric(image_HW3, K_33, matched.pnp.cam2world_44, dense).cam2world_44
-    if pose is None or _within(matched, K_33, pose, 2 * px) < ALIGN_KEEP * _within(
-            matched, K_33, matched.pnp.cam2world_44, 2 * px):
+    if pose is None or _within(matched, K_33, pose, 2 * px).sum() < ALIGN_KEEP * _within(
+            matched, K_33, matched.pnp.cam2world_44, 2 * px).sum():
         return None
     return pose
 
@@ -322,8 +331,9 @@ def refine_by_matching(image_HW3: np.ndarray, K_33: np.ndarray, prior: PnPResult
     again from the ``views`` views with the most matches among all (:meth:`ViewDatabase.retrieve`). Without a
     matched pose that enough matches support, ``prior`` is kept: matching never loses a frame the prior
     localized. With ``align``, a matched pose is then refined by direct alignment with every labelled pixel of
-    the :data:`ALIGN_VIEWS` (at most ``views``) views nearest it (:func:`lit3d.metrics.photometric.align_photometric`),
-    kept where it still agrees with the matches (:data:`ALIGN_KEEP`).
+    the :data:`ALIGN_VIEWS` (at most ``views``) views holding the most of its inlier matches
+    (:func:`lit3d.metrics.photometric.align_photometric`), kept where it still agrees with the matches
+    (:data:`ALIGN_KEEP`).
     """
     t0 = time.perf_counter()
     query = sift_keypoints(image_HW3, db.max_features)

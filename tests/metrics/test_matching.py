@@ -70,8 +70,11 @@ def test_matching_recovers_the_pose_of_a_rendered_view():
     true_44 = camera([0.05, 0.35, 1.4])  # between and below the training cameras, nearer the plane
     query = render(true_44, tex)
     training = [labelled_keypoints(view) for view in training]
-    uv_N2, pts_N3 = match_correspondences(sift_keypoints(query["image"]), training)
+    uv_N2, pts_N3, view_N = match_correspondences(sift_keypoints(query["image"]), training)
     assert len(uv_N2) > 50
+    for k, view in enumerate(training):  # each match's view: as many per view as its own labelled matches
+        q, o = ratio_matches(sift_keypoints(query["image"]), view.keypoints)
+        assert (view_N == k).sum() == np.isfinite(view.pts_N3[o]).all(axis=1).sum() > 20
     # independent check of the matches: most world points project onto their query pixel
     w2c = invert_pose(true_44)
     cam_N3 = pts_N3 @ w2c[:3, :3].T + w2c[:3, 3]
@@ -83,7 +86,7 @@ def test_matching_recovers_the_pose_of_a_rendered_view():
     assert t_cm < 1.0 and r_deg < 0.5
     # an unrelated texture: few matches, none consistent with the true pose; a failure is reported, not raised
     other = render(true_44, texture(seed=1))
-    bad = localize_points(*match_correspondences(sift_keypoints(other["image"]), training)[::-1], K_33,
+    bad = localize_points(*match_correspondences(sift_keypoints(other["image"]), training)[1::-1], K_33,
                           reprojection_px=2.0)
     assert not bad.ok or pose_errors(bad.cam2world_44, true_44)[0] > 5
 
