@@ -33,8 +33,8 @@ class DenseView:
     """A labelled view sampled for direct alignment, as :meth:`ViewDatabase.save
     <lit3d.metrics.matching.ViewDatabase.save>` stores it: grey values ``gray_hw`` (uint8; the image
     anti-aliased and taken every ``stride`` pixels), the labelled points at those pixels in the view's camera
-    frame ``pts_cam_hw3`` (float16 where every coordinate fits, else float32; NaN where there is no valid
-    label) and the view's ``cam2world_44``."""
+    frame and the labels' unit ``pts_cam_hw3`` (float16 where every coordinate fits, else float32; NaN where
+    there is no valid label) and the view's ``cam2world_44`` (labels' frame and unit)."""
 
     gray_hw: np.ndarray
     pts_cam_hw3: np.ndarray
@@ -78,7 +78,8 @@ def dense_view(view: dict[str, np.ndarray], cam2world_44: np.ndarray, width: int
 
 
 def _sample(image_hw: np.ndarray, u_N: np.ndarray, v_N: np.ndarray) -> np.ndarray:
-    """Bilinear samples of an image at pixels (u, v) that lie inside it."""
+    """Bilinear samples of an image at pixels (u, v) that lie inside it (cv2.remap takes at most 32767 points a
+    row, and these are tens of thousands of scattered points)."""
     H, W = image_hw.shape
     x0 = np.clip(np.floor(u_N).astype(int), 0, W - 2)
     y0 = np.clip(np.floor(v_N).astype(int), 0, H - 2)
