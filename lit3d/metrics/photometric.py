@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from lit3d.geometry import invert_pose, project, transform_points
+
 TEMPLATE_WIDTH = 128
 """Columns a training view is sampled to (:func:`dense_view`): every labelled pixel of a 96x128 view, every
 second of a 192x256 one, so the cost per query does not grow with the label resolution."""
@@ -47,8 +49,7 @@ class DenseView:
 
     def world_points(self) -> np.ndarray:
         """The world points ``pts_N3`` of the labelled pixels (row-major order, as ``gray_hw[labelled()]``)."""
-        p_N3 = self.pts_cam_hw3[self.labelled()].astype(np.float64)
-        return p_N3 @ self.cam2world_44[:3, :3].T + self.cam2world_44[:3, 3]
+        return transform_points(self.cam2world_44, self.pts_cam_hw3[self.labelled()].astype(np.float64))
 
 
 def gray(image_HW3: np.ndarray) -> np.ndarray:
@@ -69,7 +70,7 @@ def dense_view(view: dict[str, np.ndarray], cam2world_44: np.ndarray, width: int
     g_HW = _blur(gray(view["image"]), 0.5 * stride if stride > 1 else 0.0)
     pts_hw3 = np.asarray(view["pts_world"], dtype=np.float64)[::stride, ::stride]
     T_44 = np.asarray(cam2world_44, dtype=np.float64)
-    pts_cam_hw3 = (pts_hw3 - T_44[:3, 3]) @ T_44[:3, :3]
+    pts_cam_hw3 = transform_points(invert_pose(T_44), pts_hw3)
     ok_hw = np.asarray(view["valid"], dtype=bool)[::stride, ::stride] & np.all(np.isfinite(pts_cam_hw3), axis=-1)
     pts_cam_hw3[~ok_hw] = np.nan
     fits = not ok_hw.any() or np.abs(pts_cam_hw3[ok_hw]).max() < np.finfo(np.float16).max / 2
@@ -113,13 +114,14 @@ def align_photometric(image_HW3: np.ndarray, K_33: np.ndarray, cam2world_44: np.
                       ) -> Alignment:
     """The query camera's pose (camera-to-world) refined from ``cam2world_44`` so that the labelled pixels of
     ``views`` (nearby training views), projected into the query image with intrinsics ``K_33``, see the grey
-    values those views show. Fails (``cam2world_44`` None) where fewer than ``min_pixels`` project into the image.
+    values those views show. Fails (``cam2world_44`` None, with ``reason``) where fewer than ``min_pixels``
+    project into the image or the grey values constrain no pose.
     """
     g_HW = gray(image_HW3)
     H, W = g_HW.shape
     K = np.asarray(K_33, dtype=np.float64)
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    world2cam_44 = np.linalg.inv(np.asarray(cam2world_44, dtype=np.float64))
+    fx, fy = K[0, 0], K[1, 1]
+    world2cam_44 = invert_pose(np.asarray(cam2world_44, dtype=np.float64))
     X_N3 = np.concatenate([v.world_points() for v in views] + [np.zeros((0, 3))])
     view_N = np.concatenate([np.full(int(v.labelled().sum()), k) for k, v in enumerate(views)] + [np.zeros(0, int)])
     pixels = 0
@@ -134,12 +136,11 @@ def align_photometric(image_HW3: np.ndarray, K_33: np.ndarray, cam2world_44: np.
             t_N.append(t_hw[v.labelled()].astype(np.float64))
         t_N = np.concatenate(t_N)
         for _ in range(iterations):
-            Xc_N3 = X_N3 @ world2cam_44[:3, :3].T + world2cam_44[:3, 3]
-            z_N = Xc_N3[:, 2]
-            front_N = z_N > 1e-9
-            z_N = np.where(front_N, z_N, 1.0)
-            u_N, v_N = fx * Xc_N3[:, 0] / z_N + cx, fy * Xc_N3[:, 1] / z_N + cy
-            use_N = front_N & (u_N > 0) & (u_N < W - 1) & (v_N > 0) & (v_N < H - 1)
+            Xc_N3 = transform_points(world2cam_44, X_N3)
+            uv_N2, z_N = project(Xc_N3, K)  # NaN pixels behind the camera fail every test below
+            u_N, v_N = uv_N2[:, 0], uv_N2[:, 1]
+            with np.errstate(invalid="ignore"):
+                use_N = (u_N > 0) & (u_N < W - 1) & (v_N > 0) & (v_N < H - 1)
             pixels = int(use_N.sum())
             if pixels < min_pixels:
                 return Alignment(None, pixels, f"{pixels} labelled pixels project into the image, fewer than "
@@ -166,4 +167,4 @@ def align_photometric(image_HW3: np.ndarray, K_33: np.ndarray, cam2world_44: np.
             world2cam_44[:3, 3] = R_33 @ world2cam_44[:3, 3] + step_6[:3]
             if np.linalg.norm(step_6) < 1e-8:
                 break
-    return Alignment(np.linalg.inv(world2cam_44), pixels)
+    return Alignment(invert_pose(world2cam_44), pixels)
